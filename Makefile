@@ -1,0 +1,30 @@
+# Two commands a newcomer needs: `make demo` and `make test`. Each builds .venv when missing.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/openrtc demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check openrtc tests benchmarks agents_example
+	$(BIN)/ruff format --check openrtc tests benchmarks agents_example
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf .venv .venv-* .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,38 @@
+"""openrtc: many agent sessions in one Python worker, and the tool that shows which one is eating it."""
+
+from openrtc.errors import (
+    AgentLoadError,
+    ConfigError,
+    OpenRTCError,
+    ProtocolError,
+    RemoteError,
+    SchemaVersionError,
+    SessionRefused,
+    SocketError,
+    UnknownAgentError,
+    WorkerNotFound,
+)
+from openrtc.runtime.agent import Agent
+from openrtc.runtime.pool import AgentPool
+from openrtc.runtime.session import Session, SessionHandle, SessionState
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Agent",
+    "AgentLoadError",
+    "AgentPool",
+    "ConfigError",
+    "OpenRTCError",
+    "ProtocolError",
+    "RemoteError",
+    "SchemaVersionError",
+    "Session",
+    "SessionHandle",
+    "SessionRefused",
+    "SessionState",
+    "SocketError",
+    "UnknownAgentError",
+    "WorkerNotFound",
+    "__version__",
+]

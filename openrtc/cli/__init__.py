@@ -1,0 +1,1 @@
+"""Front ends: the `openrtc` command line."""

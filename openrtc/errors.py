@@ -1,0 +1,75 @@
+"""The one exception family of openrtc: every error a user can meet derives from `OpenRTCError`."""
+
+from __future__ import annotations
+
+
+class OpenRTCError(Exception):
+    """Base class of every error openrtc raises on purpose."""
+
+
+class ConfigError(OpenRTCError, ValueError):
+    """Raised when a pool or CLI setting is invalid (bad value, bad environment variable)."""
+
+
+class AgentLoadError(OpenRTCError):
+    """Raised when an agent file cannot be imported or defines no usable agent.
+
+    `path` and `line` point at the place to fix; `line` is 0 when no line applies.
+    """
+
+    def __init__(self, path: str, line: int, message: str) -> None:
+        self.path = path
+        self.line = line
+        self.message = message
+        where = f"{path}:{line}" if line else path
+        super().__init__(f"{where}: {message}")
+
+
+class UnknownAgentError(OpenRTCError, LookupError):
+    """Raised when a session is requested for an agent name the pool does not know."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        self.known = known
+        listing = ", ".join(known) if known else "none"
+        super().__init__(f"unknown agent {name!r}; known agents: {listing}")
+
+
+class SessionRefused(OpenRTCError):
+    """Raised when the pool refuses a new session: a cap is reached, memory is over the limit, or it drains.
+
+    `cap` names the reason: `max_sessions`, `max_sessions_per_agent`, `max_sessions_per_tenant`,
+    `memory_limit`, `draining` or `not_running`.
+    """
+
+    def __init__(self, cap: str, message: str) -> None:
+        self.cap = cap
+        super().__init__(message)
+
+
+class SocketError(OpenRTCError):
+    """Raised when the introspection socket or its folder is unsafe or unusable."""
+
+
+class ProtocolError(OpenRTCError):
+    """Raised when a peer on the socket sends a frame that breaks the wire contract."""
+
+
+class SchemaVersionError(ProtocolError):
+    """Raised when a worker speaks a protocol or snapshot version this client does not understand."""
+
+
+class WorkerNotFound(OpenRTCError):
+    """Raised when no live worker answers in the socket folder."""
+
+
+class RemoteError(OpenRTCError):
+    """Raised by the client when the worker answered a request with an error reply.
+
+    `code` is the machine-readable error code; `details` holds any extra fields of the reply.
+    """
+
+    def __init__(self, code: str, message: str, details: dict[str, object] | None = None) -> None:
+        self.code = code
+        self.details = details or {}
+        super().__init__(message)

@@ -1,0 +1,85 @@
+"""Wire framing: a 4-byte big-endian length, then one msgpack map. Pure: bytes in, values out."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import msgpack
+
+from openrtc.errors import ProtocolError
+
+PROTOCOL_VERSION = 1
+"""The `v` every request and reply carries."""
+MAX_REQUEST_BYTES = 1 << 20
+"""Largest request a worker accepts: requests are small; anything bigger is garbage or abuse."""
+MAX_REPLY_BYTES = 256 << 20
+"""Largest reply a client accepts: a snapshot of tens of thousands of sessions fits well within it."""
+
+_HEADER = struct.Struct(">I")
+HEADER_SIZE = _HEADER.size
+
+
+def encode_frame(message: dict[str, Any]) -> bytes:
+    """One frame: header plus msgpack body."""
+    body: bytes = msgpack.packb(message, use_bin_type=True)
+    return _HEADER.pack(len(body)) + body
+
+
+def decode_body(body: bytes) -> dict[str, Any]:
+    """Decode one frame body into a map, or raise `ProtocolError` saying what was wrong."""
+    try:
+        value = msgpack.unpackb(body, raw=False, strict_map_key=True)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise ProtocolError(f"frame is not valid msgpack: {exc}") from exc
+    except Exception as exc:  # msgpack raises a few other types on hostile input (e.g. TypeError)
+        raise ProtocolError(f"frame is not valid msgpack: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(value, dict):
+        raise ProtocolError(f"frame must hold a map, got {type(value).__name__}")
+    return value
+
+
+class FrameDecoder:
+    """Incremental decoder: feed bytes as they arrive, take whole frames out.
+
+    A frame whose body is not a msgpack map comes out as a `ProtocolError` value: the stream is still in
+    step, so the caller can answer it and go on. A length over `max_size` or a zero length raises
+    `ProtocolError`: the stream can no longer be resynchronised, so the caller drops the peer.
+    """
+
+    def __init__(self, max_size: int) -> None:
+        self.max_size = max_size
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[dict[str, Any] | ProtocolError]:
+        self._buf += data
+        frames: list[dict[str, Any] | ProtocolError] = []
+        while len(self._buf) >= HEADER_SIZE:
+            (size,) = _HEADER.unpack_from(self._buf)
+            if size == 0:
+                raise ProtocolError("zero-length frame")
+            if size > self.max_size:
+                raise ProtocolError(f"frame of {size} bytes exceeds the limit of {self.max_size}")
+            end = HEADER_SIZE + size
+            if len(self._buf) < end:
+                break
+            body = bytes(self._buf[HEADER_SIZE:end])
+            del self._buf[:end]
+            try:
+                frames.append(decode_body(body))
+            except ProtocolError as exc:
+                frames.append(exc)
+        return frames
+
+    @property
+    def pending(self) -> int:
+        """Bytes received that do not yet form a whole frame."""
+        return len(self._buf)
+
+
+def ok_reply(data: Any) -> dict[str, Any]:
+    return {"v": PROTOCOL_VERSION, "ok": True, "data": data}
+
+
+def error_reply(code: str, message: str, **details: Any) -> dict[str, Any]:
+    return {"v": PROTOCOL_VERSION, "ok": False, "error": {"code": code, "message": message, **details}}

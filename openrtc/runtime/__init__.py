@@ -1,0 +1,1 @@
+"""The runtime: agents, sessions, admission, the pool and its loop."""

@@ -1,0 +1,422 @@
+"""AgentPool: runs sessions of many agents as tagged tasks on one event loop, and drains them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from openrtc.errors import ConfigError, OpenRTCError, SessionRefused, UnknownAgentError
+from openrtc.runtime.admission import Limits, check_admission
+from openrtc.runtime.agent import AgentSpec, make_spec
+from openrtc.runtime.config import PoolConfig
+from openrtc.runtime.discovery import Discovery, discover
+from openrtc.runtime.loops import loop_factory
+from openrtc.runtime.memory import MemoryEvent, MemoryGuard, MemoryThresholds, process_rss_mb
+from openrtc.runtime.session import Session, SessionHandle, SessionState, cancel_session, current_session
+from openrtc.runtime.signals import capture_signals
+
+if TYPE_CHECKING:
+    from openrtc.introspection.daemon import Daemon
+    from openrtc.introspection.tagging import TaskTagger
+
+log = logging.getLogger("openrtc.pool")
+
+CANCEL_GRACE_S = 5.0
+"""After a drain cancels what is left, how long it waits for those sessions to unwind."""
+
+
+class AgentPool:
+    """Runs agent sessions in this process. Use `run()` (blocking), `serve()`, or `async with`."""
+
+    def __init__(
+        self,
+        *,
+        isolation: str = "coroutine",
+        enable_introspection: bool = True,
+        slow_session_threshold_ms: float = 50,
+        max_sessions: int | None = None,
+        max_sessions_per_agent: int | None = None,
+        max_sessions_per_tenant: int | None = None,
+        memory_warn_mb: float | None = None,
+        memory_limit_mb: float | None = None,
+        drain_timeout_s: float = 30.0,
+        socket_path: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.config = PoolConfig(
+            isolation=isolation,
+            enable_introspection=enable_introspection,
+            slow_session_threshold_ms=slow_session_threshold_ms,
+            limits=Limits(max_sessions, max_sessions_per_agent, max_sessions_per_tenant),
+            memory=MemoryThresholds(memory_warn_mb, memory_limit_mb),
+            drain_timeout_s=drain_timeout_s,
+            socket_path=Path(socket_path) if socket_path is not None else None,
+        )
+        self.worker_id = os.urandom(6).hex()
+        self.started_at = time.time()
+        self.memory = MemoryGuard(self.config.memory, process_rss_mb)
+        self._agents: dict[str, AgentSpec] = {}
+        self.agent_names: tuple[str, ...] = ()
+        """Registered agents, republished whole on each change so other threads can read it."""
+        self._shared: dict[str, dict[str, Any]] = {}
+        self._prewarmed: set[str] = set()
+        self._prewarm_locks: dict[str, asyncio.Lock] = {}
+        self._sessions: dict[str, Session] = {}
+        self._by_agent: Counter[str] = Counter()
+        self._by_tenant: Counter[str] = Counter()
+        self.sessions_started = 0
+        self.sessions_failed = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._state = "new"  # new -> running -> draining -> closed
+        self._draining: asyncio.Event | None = None
+        self._shutdown: asyncio.Event | None = None
+        self._drain_task: asyncio.Task[None] | None = None
+        self._tagger: TaskTagger | None = None
+        self._daemon: Daemon | None = None
+
+    # -- agents ---------------------------------------------------------------------------------
+
+    def add(self, name: str, agent: object) -> AgentSpec:
+        """Register `agent` (an `Agent` subclass or `async def f(session)`) under `name`."""
+        if name in self._agents:
+            raise ConfigError(f"agent {name!r} is already registered")
+        spec = make_spec(name, agent)
+        self._set_agent(spec)
+        return spec
+
+    def discover(self, folder: str | os.PathLike[str]) -> Discovery:
+        """Register every agent file of `folder`; broken files are logged with file:line and skipped."""
+        found = discover(folder)
+        for error in found.errors:
+            log.error("agent file not loaded: %s", error)
+        for spec in found.agents:
+            if spec.name in self._agents:
+                log.error("agent file not loaded: %s:%d: agent %r is already registered", spec.source, spec.line, spec.name)
+                continue
+            self._set_agent(spec)
+        return found
+
+    async def replace(self, spec: AgentSpec) -> None:
+        """Swap in a new version of an agent (hot reload): prewarm it first, keep the old one on failure.
+
+        Sessions already running keep the code they started with; new sessions get the new version.
+        """
+        if self._state == "running":
+            shared: dict[str, Any] = {}
+            if spec.prewarm is not None:
+                await spec.prewarm(shared)  # raises: the caller keeps the old version
+            self._shared[spec.name] = shared
+            self._prewarmed.add(spec.name)
+        else:
+            self._prewarmed.discard(spec.name)
+        self._set_agent(spec)
+
+    def remove(self, name: str) -> None:
+        """Unregister an agent; its running sessions finish, new ones are refused."""
+        self._agents.pop(name, None)
+        self._prewarmed.discard(name)
+        self._shared.pop(name, None)
+        self.agent_names = tuple(sorted(self._agents))
+
+    def _set_agent(self, spec: AgentSpec) -> None:
+        self._agents[spec.name] = spec
+        self.agent_names = tuple(sorted(self._agents))
+
+    def agent(self, name: str) -> AgentSpec:
+        try:
+            return self._agents[name]
+        except KeyError:
+            raise UnknownAgentError(name, list(self.agent_names)) from None
+
+    # -- state ----------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        """`new`, `running`, `draining` or `closed`."""
+        return self._state
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        return self._loop
+
+    @property
+    def sessions(self) -> Mapping[str, Session]:
+        """Active sessions by id (a live view: copy it before iterating from another thread)."""
+        return self._sessions
+
+    @property
+    def sessions_active(self) -> int:
+        return len(self._sessions)
+
+    @property
+    def socket_path(self) -> Path | None:
+        """Where the worker listens, once started with introspection on."""
+        return self._daemon.socket_path if self._daemon is not None else None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> AgentPool:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Start on the running loop: tagging, prewarm, then the introspection daemon."""
+        if self._state != "new":
+            raise OpenRTCError(f"pool cannot start: it is {self._state}")
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._draining = asyncio.Event()
+        self._shutdown = asyncio.Event()
+        if self.config.enable_introspection:
+            from openrtc.introspection.tagging import TaskTagger
+
+            self._tagger = TaskTagger()
+            self._tagger.install(loop)
+        self._state = "running"
+        try:
+            for spec in list(self._agents.values()):
+                try:
+                    await self._prewarm(spec)
+                except SessionRefused:
+                    continue  # logged; each new session of that agent retries the prewarm
+            if self.config.enable_introspection:
+                from openrtc.introspection.daemon import Daemon
+
+                self._daemon = Daemon(self, loop)
+                self._daemon.start()
+        except BaseException:
+            await self.aclose()
+            raise
+        log.info(
+            "worker started pid=%d agents=%s socket=%s",
+            os.getpid(),
+            ",".join(self.agent_names) or "-",
+            self.socket_path or "off",
+        )
+
+    async def aclose(self) -> None:
+        """Drain (if not done yet), then stop the daemon and restore every hook installed."""
+        if self._state == "closed":
+            return
+        if self._state in ("running", "draining"):
+            await self.drain()
+        self._state = "closed"
+        if self._daemon is not None:
+            self._daemon.close()
+            self._daemon = None
+        if self._tagger is not None:
+            self._tagger.uninstall()
+            self._tagger = None
+
+    def run(self, loop: str = "auto") -> None:
+        """Run the worker until SIGTERM/SIGINT or `drain()`, then drain and return."""
+        with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
+            runner.run(self.serve())
+
+    async def serve(self) -> None:
+        """Start, wait for SIGTERM/SIGINT or a drain request, drain, close."""
+        async with self:
+            assert self._loop is not None and self._shutdown is not None
+            with capture_signals(self._loop, self._on_signal):
+                await self._shutdown.wait()
+
+    def _on_signal(self, signum: int) -> None:
+        if self._state == "running":
+            log.info("received signal %d: draining (timeout %.1fs)", signum, self.config.drain_timeout_s)
+            self.request_drain()
+        else:
+            log.warning("received signal %d again: cancelling every session now", signum)
+            for session in list(self._sessions.values()):
+                cancel_session(session, "signal")
+
+    def request_drain(self) -> None:
+        """Start a drain in the background (what signals and the socket's `drain` op do)."""
+        if self._drain_task is None and self._loop is not None:
+            self._drain_task = self._loop.create_task(self.drain(), name="openrtc-drain")
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Stop accepting, set every session's `draining`, wait up to `timeout`, then cancel the rest."""
+        if self._state in ("new", "closed"):
+            return
+        current = asyncio.current_task()
+        if self._drain_task is not None and self._drain_task is not current:
+            await asyncio.shield(self._drain_task)
+            return
+        if self._drain_task is None:
+            self._drain_task = current
+        assert self._draining is not None and self._shutdown is not None
+        timeout = self.config.drain_timeout_s if timeout is None else timeout
+        self._state = "draining"
+        self._shutdown.set()
+        self._draining.set()
+        sessions = list(self._sessions.values())
+        for session in sessions:
+            if session.state in (SessionState.STARTING, SessionState.RUNNING):
+                session.state = SessionState.DRAINING
+        log.info("draining %d sessions (timeout %.1fs)", len(sessions), timeout)
+        roots = [s._root for s in sessions if s._root is not None]
+        if roots:
+            _, pending = await asyncio.wait(roots, timeout=timeout)
+            if pending:
+                log.warning("drain timeout: cancelling %d sessions still running", len(pending))
+                for session in list(self._sessions.values()):
+                    cancel_session(session, "drain_timeout")
+                _, stuck = await asyncio.wait(pending, timeout=CANCEL_GRACE_S)
+                for task in stuck:
+                    log.error("session task %s ignored cancellation for %.0fs; abandoning it", task.get_name(), CANCEL_GRACE_S)
+        log.info("drained: started=%d failed=%d", self.sessions_started, self.sessions_failed)
+
+    # -- sessions -------------------------------------------------------------------------------
+
+    async def start_session(
+        self,
+        agent: str,
+        *,
+        tenant: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> SessionHandle:
+        """Start a session of `agent`; raises `UnknownAgentError` or `SessionRefused` (naming the cap)."""
+        if self._state != "running":
+            cap = "draining" if self._state == "draining" else "not_running"
+            raise SessionRefused(cap, f"worker is {self._state}; not accepting new sessions")
+        spec = self.agent(agent)
+        if spec.name not in self._prewarmed:
+            await self._prewarm(spec)
+        return self._start_now(spec, tenant, dict(metadata) if metadata else {})
+
+    def _start_now(self, spec: AgentSpec, tenant: str | None, metadata: dict[str, Any]) -> SessionHandle:
+        # No await from the checks to the registration: admission decisions cannot interleave.
+        if self._state != "running":
+            raise SessionRefused("draining", f"worker is {self._state}; not accepting new sessions")
+        self._check_memory()
+        check_admission(
+            self.config.limits,
+            agent=spec.name,
+            tenant=tenant,
+            active=len(self._sessions),
+            active_for_agent=self._by_agent[spec.name],
+            active_for_tenant=self._by_tenant[tenant] if tenant is not None else 0,
+        )
+        assert self._loop is not None and self._draining is not None
+        session_id = os.urandom(6).hex()
+        while session_id in self._sessions:
+            session_id = os.urandom(6).hex()
+        session = Session(session_id, spec.name, tenant, metadata, self._shared.get(spec.name, {}), self._draining)
+        context = contextvars.copy_context()
+        context.run(current_session.set, session)
+        self._sessions[session_id] = session
+        self._by_agent[spec.name] += 1
+        if tenant is not None:
+            self._by_tenant[tenant] += 1
+        self.sessions_started += 1
+        session._root = self._loop.create_task(
+            self._run_session(session, spec), name=f"openrtc-session-{session_id}", context=context
+        )
+        return SessionHandle(session)
+
+    def _check_memory(self) -> None:
+        if not self.memory.enabled:
+            return
+        self.log_memory_events(self.memory.poll())
+        if self.memory.above_limit:
+            raise SessionRefused(
+                "memory_limit",
+                f"worker RSS {self.memory.last_rss_mb:.0f} MB is above memory_limit_mb="
+                f"{self.config.memory.limit_mb:g}; refusing new sessions until it falls",
+            )
+
+    def log_memory_events(self, events: list[MemoryEvent]) -> None:
+        """Log each threshold crossing once (called from the loop or the daemon thread)."""
+        rss, thresholds = self.memory.last_rss_mb, self.config.memory
+        for event in events:
+            if event is MemoryEvent.WARN_ABOVE:
+                log.warning("memory: RSS %.0f MB crossed memory_warn_mb=%g", rss, thresholds.warn_mb)
+            elif event is MemoryEvent.WARN_BELOW:
+                log.info("memory: RSS %.0f MB back below memory_warn_mb=%g", rss, thresholds.warn_mb)
+            elif event is MemoryEvent.LIMIT_ABOVE:
+                log.error(
+                    "memory: RSS %.0f MB crossed memory_limit_mb=%g; refusing new sessions", rss, thresholds.limit_mb
+                )
+            else:
+                log.warning("memory: RSS %.0f MB back below memory_limit_mb=%g; accepting sessions", rss, thresholds.limit_mb)
+
+    async def _prewarm(self, spec: AgentSpec) -> None:
+        lock = self._prewarm_locks.setdefault(spec.name, asyncio.Lock())
+        async with lock:
+            if spec.name in self._prewarmed:
+                return
+            shared: dict[str, Any] = {}
+            if spec.prewarm is not None:
+                started = time.perf_counter()
+                try:
+                    await spec.prewarm(shared)
+                except Exception as exc:
+                    log.exception("prewarm of agent %r failed", spec.name)
+                    raise SessionRefused("prewarm_failed", f"prewarm of agent {spec.name!r} failed: {exc!r}") from exc
+                log.info("prewarmed agent %r in %.0f ms", spec.name, (time.perf_counter() - started) * 1000)
+            self._shared[spec.name] = shared
+            self._prewarmed.add(spec.name)
+
+    async def _run_session(self, session: Session, spec: AgentSpec) -> None:
+        if session.state is SessionState.STARTING:
+            session.state = SessionState.RUNNING
+        session.running_at = time.perf_counter()
+        session.log.info("session started tenant=%s", session.tenant or "-")
+        try:
+            await spec.entry(session)
+        except asyncio.CancelledError:
+            session.state = SessionState.CANCELLED
+            session.reason = session._cancel_reason or "cancelled"
+        except Exception as exc:
+            self._fail(session, "exception", exc)
+        except SystemExit as exc:
+            # sys.exit() in one session must not stop the worker.
+            self._fail(session, "sys_exit", exc)
+        else:
+            session.state = SessionState.ENDED
+        finally:
+            self._finish(session)
+
+    def _fail(self, session: Session, reason: str, exc: BaseException) -> None:
+        session.state = SessionState.FAILED
+        session.reason = reason
+        session.error = exc
+        self.sessions_failed += 1
+        session.log.error("session raised %s", type(exc).__name__, exc_info=exc)
+
+    def _finish(self, session: Session) -> None:
+        session.ended_at = time.perf_counter()
+        me = asyncio.current_task()
+        leftovers = [t for t in session.tasks if t is not me and not t.done()]
+        if leftovers:
+            session.log.warning("session left %d tasks running; cancelling them", len(leftovers))
+            for task in leftovers:
+                task.cancel(msg="session_ended")
+        del self._sessions[session.id]
+        self._by_agent[session.agent] -= 1
+        if self._by_agent[session.agent] <= 0:
+            del self._by_agent[session.agent]
+        if session.tenant is not None:
+            self._by_tenant[session.tenant] -= 1
+            if self._by_tenant[session.tenant] <= 0:
+                del self._by_tenant[session.tenant]
+        session.log.info(
+            "session %s reason=%s duration=%.3fs",
+            session.state.value,
+            session.reason or "-",
+            session.ended_at - session.started_mono,
+        )
+
+    def cancel(self, session_id: str, reason: str = "cancelled_by_user") -> bool:
+        """Cancel an active session by id; False when no such session is active."""
+        session = self._sessions.get(session_id)
+        return session is not None and cancel_session(session, reason)

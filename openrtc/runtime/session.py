@@ -1,0 +1,170 @@
+"""A session: one run of one agent for one request, and the handle its starter holds."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Generator
+from contextvars import ContextVar
+from typing import Any
+
+current_session: ContextVar[Session | None] = ContextVar("openrtc_session", default=None)
+"""The session whose code is running; set in the root context of every session, so every task and
+callback spawned from it inherits it."""
+
+
+class SessionState(str, enum.Enum):
+    """Life cycle: starting -> running [-> draining] -> ended | failed | cancelled."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    DRAINING = "draining"
+    ENDED = "ended"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in _FINISHED
+
+
+_FINISHED = frozenset({SessionState.ENDED, SessionState.FAILED, SessionState.CANCELLED})
+
+
+class SessionLogAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Stamps every record with the session id and agent, keeping any `extra` the caller passes."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        kwargs["extra"] = {**(self.extra or {}), **kwargs.get("extra", {})}
+        return msg, kwargs
+
+
+class Session:
+    """What an agent's `run` receives. Attributes other than `metadata` are read-only by convention."""
+
+    __slots__ = (
+        "_cancel_reason",
+        "_log",
+        "_root",
+        "agent",
+        "draining",
+        "ended_at",
+        "error",
+        "id",
+        "metadata",
+        "reason",
+        "running_at",
+        "shared",
+        "started_at",
+        "started_mono",
+        "state",
+        "tasks",
+        "tenant",
+    )
+
+    def __init__(
+        self,
+        session_id: str,
+        agent: str,
+        tenant: str | None,
+        metadata: dict[str, Any],
+        shared: dict[str, Any],
+        draining: asyncio.Event,
+    ) -> None:
+        self.id = session_id
+        """Unique id of the session (hex)."""
+        self.agent = agent
+        """Name of the agent running it."""
+        self.tenant = tenant
+        """Tenant it belongs to, or None."""
+        self.metadata = metadata
+        """Caller-supplied metadata (JSON-like)."""
+        self.shared = shared
+        """What the agent's `prewarm` stored, shared by every session of the agent in this worker."""
+        self.draining = draining
+        """Set when the worker drains: finish the current turn and return."""
+        self.state = SessionState.STARTING
+        self.reason: str | None = None
+        """Why the session failed or was cancelled (`exception`, `drain_timeout`, `cancelled_by_user`...)."""
+        self.error: BaseException | None = None
+        """The exception that failed the session, if any."""
+        self.started_at = time.time()
+        self.started_mono = time.perf_counter()
+        self.running_at: float | None = None
+        """perf_counter() when the agent's code began to run."""
+        self.ended_at: float | None = None
+        self.tasks: set[asyncio.Task[Any]] = set()
+        """Live tasks tagged with this session (filled by the task tagger when introspection is on)."""
+        self._root: asyncio.Task[None] | None = None
+        self._cancel_reason: str | None = None
+        self._log: SessionLogAdapter | None = None
+
+    @property
+    def log(self) -> logging.LoggerAdapter:  # type: ignore[type-arg]
+        """A logger whose records carry `session_id` and `agent`."""
+        if self._log is None:
+            self._log = SessionLogAdapter(
+                logging.getLogger(f"openrtc.agent.{self.agent}"), {"session_id": self.id, "agent": self.agent}
+            )
+        return self._log
+
+    def __repr__(self) -> str:
+        return f"<Session {self.id} agent={self.agent} state={self.state.value}>"
+
+
+class SessionHandle:
+    """Returned by `AgentPool.start_session`: await it for the final state, or cancel it."""
+
+    __slots__ = ("_session",)
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    @property
+    def id(self) -> str:
+        return self._session.id
+
+    @property
+    def session(self) -> Session:
+        return self._session
+
+    @property
+    def state(self) -> SessionState:
+        return self._session.state
+
+    @property
+    def reason(self) -> str | None:
+        return self._session.reason
+
+    @property
+    def error(self) -> BaseException | None:
+        return self._session.error
+
+    def cancel(self, reason: str = "cancelled_by_user") -> bool:
+        """Cancel the session; False when it had already finished."""
+        return cancel_session(self._session, reason)
+
+    async def wait(self) -> SessionState:
+        """Wait until the session finishes; cancelling the waiter does not cancel the session."""
+        root = self._session._root
+        if root is not None and not root.done():
+            await asyncio.shield(root)
+        return self._session.state
+
+    def __await__(self) -> Generator[Any, None, SessionState]:
+        return self.wait().__await__()
+
+    def __repr__(self) -> str:
+        return f"<SessionHandle {self.id} {self.state.value}>"
+
+
+def cancel_session(session: Session, reason: str) -> bool:
+    """Cancel a session's root task with `reason`, which ends up in `session.reason`."""
+    root = session._root
+    if root is None or root.done():
+        return False
+    if session._cancel_reason is None:
+        session._cancel_reason = reason
+    return root.cancel(msg=reason)
