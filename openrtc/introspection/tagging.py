@@ -3,7 +3,9 @@
 The session id travels in a context variable set in the session's root context, so every task and
 callback spawned from the session inherits it. The factory reads it (from the `context=` argument when
 given, as uvloop always does, else from the current context), lets the previous factory or `asyncio.Task`
-build the task, then adds the task to the session's live set.
+build the task, then records the owner: in the session's live set, and in a task -> session map that
+other threads (the sampler) can read. Python 3.11 gives no way to read a task's context, so the map
+cannot be replaced by a context look-up.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ class TaskTagger:
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._previous: TaskFactory | None = None
+        self.owners: dict[asyncio.Future[Any], Session] = {}
+        """Live tagged tasks and their sessions."""
 
     @property
     def installed(self) -> bool:
@@ -56,21 +60,16 @@ class TaskTagger:
         else:
             task = asyncio.Task(coro, loop=loop, **kwargs)  # type: ignore[arg-type]
         if session is not None:
-            tasks = session.tasks
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
+            session.tasks.add(task)
+            self.owners[task] = session
+            task.add_done_callback(self._forget)
         return task  # type: ignore[no-any-return]
 
+    def _forget(self, task: asyncio.Future[Any]) -> None:
+        session = self.owners.pop(task, None)
+        if session is not None:
+            session.tasks.discard(task)  # type: ignore[arg-type]
 
-def session_of(task: asyncio.Task[Any]) -> Session | None:
-    """The session a task belongs to, read from the task's context (None when untagged)."""
-    get_context = getattr(task, "get_context", None)  # 3.12+
-    if get_context is not None:
-        return get_context().get(current_session)  # type: ignore[no-any-return]
-    return _session_of_slow(task)
-
-
-def _session_of_slow(task: asyncio.Task[Any]) -> Session | None:
-    # Python 3.11 has no Task.get_context: the context lives in a private attribute (C and Python tasks).
-    context = getattr(task, "_context", None)
-    return context.get(current_session) if context is not None else None
+    def session_of(self, task: asyncio.Future[Any]) -> Session | None:
+        """The session that owns a live task, or None when the task is untagged or done."""
+        return self.owners.get(task)

@@ -72,6 +72,8 @@ def make_spec(name: str, agent: object, source: str | None = None) -> AgentSpec:
         return AgentSpec(name, _class_entry(agent), prewarm, source, source_line(agent))
     if inspect.iscoroutinefunction(agent):
         return AgentSpec(name, agent, None, source, source_line(agent))
+    if inspect.isfunction(agent):
+        raise ConfigError(f"agent {name!r}: {agent.__qualname__} must be an `async def` taking a session")
     raise ConfigError(
         f"agent {name!r}: expected a subclass of openrtc.Agent or an `async def` function "
         f"taking a session, got {agent!r}"

@@ -318,9 +318,11 @@ class AgentPool:
         if tenant is not None:
             self._by_tenant[tenant] += 1
         self.sessions_started += 1
-        session._root = self._loop.create_task(
+        root = self._loop.create_task(
             self._run_session(session, spec), name=f"openrtc-session-{session_id}", context=context
         )
+        session._root = root
+        root.add_done_callback(lambda _: self._finish(session))
         return SessionHandle(session)
 
     def _check_memory(self) -> None:
@@ -383,8 +385,6 @@ class AgentPool:
             self._fail(session, "sys_exit", exc)
         else:
             session.state = SessionState.ENDED
-        finally:
-            self._finish(session)
 
     def _fail(self, session: Session, reason: str, exc: BaseException) -> None:
         session.state = SessionState.FAILED
@@ -394,9 +394,12 @@ class AgentPool:
         session.log.error("session raised %s", type(exc).__name__, exc_info=exc)
 
     def _finish(self, session: Session) -> None:
+        """Bookkeeping when a root task is done, however it ended (even cancelled before its first step)."""
+        if not session.state.finished:
+            session.state = SessionState.CANCELLED
+            session.reason = session._cancel_reason or "cancelled"
         session.ended_at = time.perf_counter()
-        me = asyncio.current_task()
-        leftovers = [t for t in session.tasks if t is not me and not t.done()]
+        leftovers = [t for t in session.tasks if not t.done()]
         if leftovers:
             session.log.warning("session left %d tasks running; cancelling them", len(leftovers))
             for task in leftovers:
@@ -415,6 +418,10 @@ class AgentPool:
             session.reason or "-",
             session.ended_at - session.started_mono,
         )
+
+    def session_of(self, task: asyncio.Future[Any]) -> Session | None:
+        """The session that owns a live task; None when untagged, done, or introspection is off."""
+        return self._tagger.session_of(task) if self._tagger is not None else None
 
     def cancel(self, session_id: str, reason: str = "cancelled_by_user") -> bool:
         """Cancel an active session by id; False when no such session is active."""

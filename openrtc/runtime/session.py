@@ -150,7 +150,9 @@ class SessionHandle:
         """Wait until the session finishes; cancelling the waiter does not cancel the session."""
         root = self._session._root
         if root is not None and not root.done():
-            await asyncio.shield(root)
+            # asyncio.wait neither cancels the task when the waiter is cancelled nor raises its outcome.
+            await asyncio.wait([root])
+        await asyncio.sleep(0)  # let the root's done callback finish the bookkeeping
         return self._session.state
 
     def __await__(self) -> Generator[Any, None, SessionState]:

@@ -1,0 +1,70 @@
+"""Shared fixtures: a fresh event loop of each kind, and a private socket folder per test."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from openrtc.runtime.loops import loop_factory
+
+T = TypeVar("T")
+LOOP_KINDS = ["asyncio", "uvloop"]
+
+
+
+@pytest.fixture(params=LOOP_KINDS)
+def loop_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def run_loop(loop_kind: str) -> Callable[[Any], Any]:
+    """Run a coroutine to completion on a new loop of the parametrised kind."""
+
+    def run(coro: Any) -> Any:
+        with asyncio.Runner(loop_factory=loop_factory(loop_kind)) as runner:
+            return runner.run(coro)
+
+    return run
+
+
+@pytest.fixture
+def sock_home(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A short private XDG_RUNTIME_DIR (AF_UNIX paths are limited to 107 bytes)."""
+    home = Path(tempfile.mkdtemp(prefix="ortc-"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(home))
+    yield home
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def agents_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "agents"
+    folder.mkdir()
+    return folder
+
+
+def write_agent(folder: Path, name: str, source: str) -> Path:
+    path = folder / f"{name}.py"
+    path.write_text(source)
+    # A reload compares mtimes: make each write visible even within one clock tick.
+    stamp = path.stat().st_mtime_ns
+    os.utime(path, ns=(stamp, stamp + 1_000_000))
+    return path
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.005)
+
+

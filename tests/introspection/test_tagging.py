@@ -1,0 +1,213 @@
+"""The tag reaches every task a session spawns, whatever spawned it, on asyncio and uvloop."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Any
+
+import pytest
+
+from openrtc import AgentPool, Session
+from openrtc.introspection.tagging import TaskTagger
+from openrtc.runtime.session import current_session
+
+
+POOL: list[AgentPool] = []
+
+
+def _tagged(session: Session) -> bool:
+    """True when the factory recorded the running task as the session's, in both of its records."""
+    task = asyncio.current_task()
+    assert task is not None
+    return task in session.tasks and POOL[-1].session_of(task) is session
+
+
+async def _spawn_everything(session: Session) -> dict[str, bool]:
+    seen: dict[str, bool] = {}
+
+    async def probe(label: str) -> str:
+        await asyncio.sleep(0)
+        seen[label] = _tagged(session)
+        return label
+
+    seen["root"] = _tagged(session)
+    await asyncio.create_task(probe("create_task"))
+    await asyncio.gather(probe("gather"))
+    await asyncio.wait_for(probe("wait_for"), timeout=5)
+    await asyncio.shield(probe("shield"))
+    await asyncio.wait([asyncio.ensure_future(probe("wait"))])
+    for fut in asyncio.as_completed([probe("as_completed")]):
+        await fut
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(probe("task_group"))
+
+    loop = asyncio.get_running_loop()
+    from_callback: asyncio.Future[asyncio.Task[str]] = loop.create_future()
+    loop.call_soon(lambda: from_callback.set_result(loop.create_task(probe("call_soon"))))
+    await (await from_callback)
+    later: asyncio.Future[asyncio.Task[str]] = loop.create_future()
+    loop.call_later(0.001, lambda: later.set_result(asyncio.ensure_future(probe("call_later"))))
+    await (await later)
+    return seen
+
+
+MECHANISMS = {
+    "root", "create_task", "gather", "wait_for", "shield", "wait", "as_completed", "task_group",
+    "call_soon", "call_later",
+}
+
+
+def test_tag_reaches_every_spawned_task(run_loop: Any) -> None:
+    results: dict[str, bool] = {}
+
+    async def agent(session: Session) -> None:
+        results.update(await _spawn_everything(session))
+
+    async def main() -> None:
+        async with AgentPool() as pool:
+            POOL.append(pool)
+            pool.add("probe", agent)
+            handle = await pool.start_session("probe")
+            assert await handle == "ended", handle.error
+
+    run_loop(main())
+    assert set(results) == MECHANISMS
+    assert all(results.values()), results
+
+
+def test_tasks_of_two_sessions_stay_apart(run_loop: Any) -> None:
+    owners: dict[str, set[str]] = {}
+
+    async def agent(session: Session) -> None:
+        async def child() -> None:
+            await asyncio.sleep(0.01)
+            current = current_session.get()
+            assert current is not None
+            owners.setdefault(session.id, set()).add(current.id)
+
+        await asyncio.gather(*(child() for _ in range(5)))
+
+    async def main() -> None:
+        async with AgentPool() as pool:
+            POOL.append(pool)
+            pool.add("a", agent)
+            handles = [await pool.start_session("a") for _ in range(10)]
+            await asyncio.gather(*(h.wait() for h in handles))
+
+    run_loop(main())
+    assert len(owners) == 10
+    assert all(seen == {sid} for sid, seen in owners.items())
+
+
+def test_live_task_count_drops_when_tasks_finish(run_loop: Any) -> None:
+    async def agent(session: Session) -> None:
+        release = asyncio.Event()
+        children = [asyncio.create_task(release.wait()) for _ in range(3)]
+        await asyncio.sleep(0)
+        assert len(session.tasks) == 4  # root + 3
+        release.set()
+        await asyncio.gather(*children)
+        await asyncio.sleep(0)  # done callbacks run one step later
+        assert len(session.tasks) == 1
+
+    async def main() -> None:
+        async with AgentPool() as pool:
+            POOL.append(pool)
+            pool.add("a", agent)
+            handle = await pool.start_session("a")
+            assert await handle == "ended", handle.error
+
+    run_loop(main())
+
+
+def test_chains_to_previous_factory_and_restores_it(run_loop: Any) -> None:
+    calls: list[str] = []
+
+    def previous(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        calls.append("previous")
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    tagged: list[bool] = []
+
+    async def agent(session: Session) -> None:
+        async def child() -> None:
+            tagged.append(_tagged(session))
+
+        await asyncio.create_task(child())
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_task_factory(previous)
+        async with AgentPool() as pool:
+            POOL.append(pool)
+            assert loop.get_task_factory() is not previous
+            pool.add("a", agent)
+            await (await pool.start_session("a"))
+        assert loop.get_task_factory() is previous
+
+    run_loop(main())
+    assert tagged == [True]
+    assert calls.count("previous") >= 2  # the root task and its child went through the old factory
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="eager tasks arrived in Python 3.12")
+def test_works_on_top_of_the_eager_task_factory(run_loop: Any) -> None:
+    tagged: list[bool] = []
+
+    async def agent(session: Session) -> None:
+        async def child() -> None:
+            tagged.append(current_session.get() is session)
+            await asyncio.sleep(0)
+            tagged.append(_tagged(session))
+
+        await asyncio.create_task(child())
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined]
+        probe = asyncio.sleep(0)
+        try:
+            await asyncio.create_task(probe)
+        except TypeError as exc:
+            probe.close()  # e.g. uvloop 0.23 on Python 3.13.0 passes eager_start= to the factory
+            loop.set_task_factory(None)
+            pytest.skip(f"this loop cannot run asyncio.eager_task_factory even without openrtc: {exc}")
+        async with AgentPool() as pool:
+            POOL.append(pool)
+            pool.add("a", agent)
+            await (await pool.start_session("a"))
+        assert loop.get_task_factory() is asyncio.eager_task_factory  # type: ignore[attr-defined]
+
+    run_loop(main())
+    assert tagged == [True, True]
+
+
+def test_tagger_reads_the_context_argument(run_loop: Any) -> None:
+    """uvloop always passes `context=`; the tag must come from that context, not the caller's."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        tagger = TaskTagger()
+        tagger.install(loop)
+        try:
+            draining = asyncio.Event()
+            session = Session("s1", "a", None, {}, {}, draining)
+            import contextvars
+
+            ctx = contextvars.copy_context()
+            ctx.run(current_session.set, session)
+
+            async def nothing() -> None:
+                await asyncio.sleep(0)
+
+            task = loop.create_task(nothing(), context=ctx)
+            assert task in session.tasks and tagger.session_of(task) is session
+            untagged = loop.create_task(nothing())
+            assert untagged not in session.tasks
+            await asyncio.gather(task, untagged)
+        finally:
+            tagger.uninstall()
+        assert loop.get_task_factory() is None
+
+    run_loop(main())
