@@ -6,7 +6,7 @@ import asyncio
 import os
 import shutil
 import tempfile
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -16,7 +16,6 @@ from openrtc.runtime.loops import loop_factory
 
 T = TypeVar("T")
 LOOP_KINDS = ["asyncio", "uvloop"]
-
 
 
 @pytest.fixture(params=LOOP_KINDS)
@@ -66,5 +65,3 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> Non
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.005)
-
-

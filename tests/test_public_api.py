@@ -35,7 +35,12 @@ def test_public_names_resolve() -> None:
 
 
 def test_public_module_attributes_are_exactly_all() -> None:
-    public = {n for n in vars(openrtc) if not n.startswith("_")} - {"errors", "runtime", "introspection", "cli"}
+    public = {n for n in vars(openrtc) if not n.startswith("_")} - {
+        "errors",
+        "runtime",
+        "introspection",
+        "cli",
+    }
     assert public == EXPECTED - {"__version__"}
 
 

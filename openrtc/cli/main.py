@@ -1,4 +1,7 @@
-"""`openrtc`: run workers, dispatch sessions, list agents. Exit codes: 0 ok, 1 runtime error, 2 usage error."""
+"""`openrtc`: run workers, dispatch sessions, list agents.
+
+Exit codes: 0 ok, 1 runtime error, 2 usage error.
+"""
 
 from __future__ import annotations
 
@@ -25,59 +28,132 @@ class _Parser(argparse.ArgumentParser):
 
 def _worker_flags(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("worker options (each has an OPENRTC_* environment twin)")
-    g.add_argument("--isolation", choices=("coroutine", "process"), default="coroutine",
-                   help="how sessions are isolated [OPENRTC_ISOLATION] (default: coroutine)")
-    g.add_argument("--max-sessions", type=positive_int, metavar="N", help="cap on concurrent sessions [OPENRTC_MAX_SESSIONS]")
-    g.add_argument("--max-sessions-per-agent", type=positive_int, metavar="N",
-                   help="cap per agent [OPENRTC_MAX_SESSIONS_PER_AGENT]")
-    g.add_argument("--max-sessions-per-tenant", type=positive_int, metavar="N",
-                   help="cap per tenant [OPENRTC_MAX_SESSIONS_PER_TENANT]")
-    g.add_argument("--slow-threshold-ms", type=positive_float, default=50.0, metavar="MS",
-                   help="loop stall that counts as a block [OPENRTC_SLOW_THRESHOLD_MS] (default: 50)")
-    g.add_argument("--memory-warn-mb", type=positive_float, metavar="MB",
-                   help="warn once per crossing of this RSS [OPENRTC_MEMORY_WARN_MB]")
-    g.add_argument("--memory-limit-mb", type=positive_float, metavar="MB",
-                   help="refuse new sessions above this RSS [OPENRTC_MEMORY_LIMIT_MB]")
-    g.add_argument("--drain-timeout", type=non_negative_float, default=30.0, metavar="S",
-                   help="seconds a drain waits before cancelling sessions [OPENRTC_DRAIN_TIMEOUT] (default: 30)")
-    g.add_argument("--no-introspection", action="store_true",
-                   help="no daemon thread, socket, task factory or timer [OPENRTC_NO_INTROSPECTION=1]")
-    g.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
-                   help="event loop; auto prefers uvloop [OPENRTC_LOOP] (default: auto)")
-    g.add_argument("--socket", metavar="PATH", help="listen here instead of <socket folder>/<pid>.sock [OPENRTC_SOCKET]")
-    g.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info",
-                   help="[OPENRTC_LOG_LEVEL] (default: info)")
-    g.add_argument("--log-format", choices=("text", "json"), default="text", help="[OPENRTC_LOG_FORMAT] (default: text)")
+    g.add_argument(
+        "--isolation",
+        choices=("coroutine", "process"),
+        default="coroutine",
+        help="how sessions are isolated [OPENRTC_ISOLATION] (default: coroutine)",
+    )
+    g.add_argument(
+        "--max-sessions",
+        type=positive_int,
+        metavar="N",
+        help="cap on concurrent sessions [OPENRTC_MAX_SESSIONS]",
+    )
+    g.add_argument(
+        "--max-sessions-per-agent",
+        type=positive_int,
+        metavar="N",
+        help="cap per agent [OPENRTC_MAX_SESSIONS_PER_AGENT]",
+    )
+    g.add_argument(
+        "--max-sessions-per-tenant",
+        type=positive_int,
+        metavar="N",
+        help="cap per tenant [OPENRTC_MAX_SESSIONS_PER_TENANT]",
+    )
+    g.add_argument(
+        "--slow-threshold-ms",
+        type=positive_float,
+        default=50.0,
+        metavar="MS",
+        help="loop stall that counts as a block [OPENRTC_SLOW_THRESHOLD_MS] (default: 50)",
+    )
+    g.add_argument(
+        "--memory-warn-mb",
+        type=positive_float,
+        metavar="MB",
+        help="warn once per crossing of this RSS [OPENRTC_MEMORY_WARN_MB]",
+    )
+    g.add_argument(
+        "--memory-limit-mb",
+        type=positive_float,
+        metavar="MB",
+        help="refuse new sessions above this RSS [OPENRTC_MEMORY_LIMIT_MB]",
+    )
+    g.add_argument(
+        "--drain-timeout",
+        type=non_negative_float,
+        default=30.0,
+        metavar="S",
+        help="seconds a drain waits before cancelling sessions [OPENRTC_DRAIN_TIMEOUT] (default: 30)",
+    )
+    g.add_argument(
+        "--no-introspection",
+        action="store_true",
+        help="no daemon thread, socket, task factory or timer [OPENRTC_NO_INTROSPECTION=1]",
+    )
+    g.add_argument(
+        "--loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="auto",
+        help="event loop; auto prefers uvloop [OPENRTC_LOOP] (default: auto)",
+    )
+    g.add_argument(
+        "--socket", metavar="PATH", help="listen here instead of <socket folder>/<pid>.sock [OPENRTC_SOCKET]"
+    )
+    g.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="[OPENRTC_LOG_LEVEL] (default: info)",
+    )
+    g.add_argument(
+        "--log-format", choices=("text", "json"), default="text", help="[OPENRTC_LOG_FORMAT] (default: text)"
+    )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(worker_defaults: dict[str, Any] | None = None) -> argparse.ArgumentParser:
     parser = _Parser(prog="openrtc", description="Run many agent sessions in one Python worker.")
     parser.add_argument("--version", action="version", version=f"openrtc {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
 
-    dev = sub.add_parser("dev", help="run a worker for development, reloading agent files on save",
-                         description="Run a worker on AGENTS_DIR; a saved agent file is re-imported: new sessions "
-                         "use the new code, running ones finish on the old, a broken save keeps the old.")
+    dev = sub.add_parser(
+        "dev",
+        help="run a worker for development, reloading agent files on save",
+        description="Run a worker on AGENTS_DIR; a saved agent file is re-imported: new sessions "
+        "use the new code, running ones finish on the old, a broken save keeps the old.",
+    )
     dev.add_argument("agents_dir", metavar="AGENTS_DIR")
     _worker_flags(dev)
-    start = sub.add_parser("start", help="run a worker for production (no reload)",
-                           description="Run a worker on AGENTS_DIR until SIGTERM/SIGINT, then drain and exit 0.")
+    dev.set_defaults(**(worker_defaults or {}))
+    start = sub.add_parser(
+        "start",
+        help="run a worker for production (no reload)",
+        description="Run a worker on AGENTS_DIR until SIGTERM/SIGINT, then drain and exit 0.",
+    )
     start.add_argument("agents_dir", metavar="AGENTS_DIR")
     _worker_flags(start)
+    start.set_defaults(**(worker_defaults or {}))
 
-    dispatch = sub.add_parser("dispatch", help="start sessions on a running worker and print their ids",
-                              description="Start sessions of AGENT. With several workers, picks the one with the most "
-                              "free capacity; --socket chooses one.")
+    dispatch = sub.add_parser(
+        "dispatch",
+        help="start sessions on a running worker and print their ids",
+        description="Start sessions of AGENT. With several workers, picks the one with the most "
+        "free capacity; --socket chooses one.",
+    )
     dispatch.add_argument("agent", metavar="AGENT")
     dispatch.add_argument("--tenant", help="tenant of the sessions")
-    dispatch.add_argument("--metadata", default="{}", metavar="JSON", help="a JSON object given to each session")
-    dispatch.add_argument("--count", type=positive_int, default=1, metavar="N", help="how many sessions (default: 1)")
+    dispatch.add_argument(
+        "--metadata", default="{}", metavar="JSON", help="a JSON object given to each session"
+    )
+    dispatch.add_argument(
+        "--count", type=positive_int, default=1, metavar="N", help="how many sessions (default: 1)"
+    )
     dispatch.add_argument("--socket", metavar="PATH", help="the worker's socket (default: pick one)")
-    dispatch.add_argument("--timeout", type=positive_float, default=10.0, metavar="S",
-                          help="seconds to wait for the worker (default: 10)")
+    dispatch.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=10.0,
+        metavar="S",
+        help="seconds to wait for the worker (default: 10)",
+    )
 
-    lst = sub.add_parser("list", help="show the agents a folder defines and the files that fail",
-                         description="Import every agent file of AGENTS_DIR. Exit 0 when all load, 1 when any fails.")
+    lst = sub.add_parser(
+        "list",
+        help="show the agents a folder defines and the files that fail",
+        description="Import every agent file of AGENTS_DIR. Exit 0 when all load, 1 when any fails.",
+    )
     lst.add_argument("agents_dir", metavar="AGENTS_DIR")
     lst.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
@@ -93,8 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ConfigError as exc:
             parser.error(str(exc))
         # Flags beat the environment: re-parse with the environment as defaults.
-        sub = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr]
-        sub.set_defaults(**defaults)
+        parser = build_parser(worker_defaults=defaults)
         args = parser.parse_args(args_list)
         return _run_worker(parser, args, reload=args.command == "dev")
     if args.command == "dispatch":
@@ -162,13 +237,16 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     except json.JSONDecodeError as exc:
         parser.error(f"--metadata is not valid JSON: {exc}")
     if not isinstance(metadata, dict):
-        parser.error("--metadata must be a JSON object, e.g. '{\"caller\": \"alice\"}'")
+        parser.error('--metadata must be a JSON object, e.g. \'{"caller": "alice"}\'')
     try:
         path = Path(args.socket) if args.socket else _pick_worker(find_workers(timeout=args.timeout))
         with WorkerClient(path, timeout=args.timeout) as client:
-            data = client.request("dispatch", agent=args.agent, tenant=args.tenant, metadata=metadata, count=args.count)
+            data = client.request(
+                "dispatch", agent=args.agent, tenant=args.tenant, metadata=metadata, count=args.count
+            )
     except RemoteError as exc:
-        for session_id in exc.details.get("started", []) or []:  # type: ignore[union-attr]
+        started = exc.details.get("started")
+        for session_id in started if isinstance(started, list) else []:
             print(session_id)
         print(f"openrtc dispatch: {exc}", file=sys.stderr)
         return 1
@@ -181,7 +259,7 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
 
 def _pick_worker(workers: Sequence[Any]) -> Path:
-    """The accepting worker with the most free slots (unbounded counts as infinite); ties go to the less busy."""
+    """The accepting worker with the most free slots (no cap counts as infinite); ties go to the idler."""
 
     def free(worker: Any) -> tuple[float, int]:
         hello = worker.hello
@@ -206,17 +284,25 @@ def _list(args: argparse.Namespace) -> int:
         print(f"openrtc list: {exc}", file=sys.stderr)
         return 1
     if args.json:
-        print(json.dumps({
-            "agents": [{"name": a.name, "source": a.source, "line": a.line,
-                        "prewarm": a.prewarm is not None} for a in found.agents],
-            "errors": [{"path": e.path, "line": e.line, "message": e.message} for e in found.errors],
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "agents": [
+                        {"name": a.name, "source": a.source, "line": a.line, "prewarm": a.prewarm is not None}
+                        for a in found.agents
+                    ],
+                    "errors": [{"path": e.path, "line": e.line, "message": e.message} for e in found.errors],
+                },
+                indent=2,
+            )
+        )
     else:
         if found.agents:
             width = max(5, *(len(a.name) for a in found.agents))
             print(f"{'AGENT'.ljust(width)}  SOURCE")
             for agent in found.agents:
-                print(f"{agent.name.ljust(width)}  {agent.source}:{agent.line}{'  (prewarm)' if agent.prewarm else ''}")
+                suffix = "  (prewarm)" if agent.prewarm else ""
+                print(f"{agent.name.ljust(width)}  {agent.source}:{agent.line}{suffix}")
         else:
             print(f"no agent found in {Path(args.agents_dir).resolve()}")
         for error in found.errors:

@@ -9,7 +9,13 @@ from typing import Any
 
 from openrtc.errors import ProtocolError, RemoteError, SchemaVersionError, SocketError, WorkerNotFound
 from openrtc.introspection.paths import check_private_dir, remove_if_dead, socket_dir
-from openrtc.introspection.wire import HEADER_SIZE, MAX_REPLY_BYTES, PROTOCOL_VERSION, decode_body, encode_frame
+from openrtc.introspection.wire import (
+    HEADER_SIZE,
+    MAX_REPLY_BYTES,
+    PROTOCOL_VERSION,
+    decode_body,
+    encode_frame,
+)
 
 
 class WorkerClient:

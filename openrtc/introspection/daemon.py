@@ -53,7 +53,12 @@ class Daemon:
         self._inode = os.stat(self.socket_path).st_ino
         self._server = Server(
             self._listener,
-            {"hello": self._op_hello, "dispatch": self._op_dispatch, "cancel": self._op_cancel, "drain": self._op_drain},
+            {
+                "hello": self._op_hello,
+                "dispatch": self._op_dispatch,
+                "cancel": self._op_cancel,
+                "drain": self._op_drain,
+            },
             tick=self._tick,
         )
         self._thread = threading.Thread(target=self._server.serve_forever, name="openrtc-daemon", daemon=True)
@@ -126,7 +131,9 @@ class Daemon:
         assert isinstance(agent, str) and isinstance(count, int)
         self._on_loop(self._dispatch(agent, tenant, metadata or {}, count), respond)
 
-    async def _dispatch(self, agent: str, tenant: str | None, metadata: dict[str, Any], count: int) -> dict[str, Any]:
+    async def _dispatch(
+        self, agent: str, tenant: str | None, metadata: dict[str, Any], count: int
+    ) -> dict[str, Any]:
         started: list[str] = []
         try:
             for _ in range(count):

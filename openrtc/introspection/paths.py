@@ -28,7 +28,9 @@ def check_private_dir(path: Path) -> None:
     except FileNotFoundError:
         raise SocketError(f"socket folder {path} does not exist") from None
     if stat.S_ISLNK(st.st_mode):
-        raise SocketError(f"socket folder {path} is a symlink; refusing it (remove it to let openrtc recreate it)")
+        raise SocketError(
+            f"socket folder {path} is a symlink; refusing it (remove it to let openrtc recreate it)"
+        )
     if not stat.S_ISDIR(st.st_mode):
         raise SocketError(f"socket folder {path} is not a folder")
     if st.st_uid != os.getuid():

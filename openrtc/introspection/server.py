@@ -8,6 +8,7 @@ back to the server thread through a queue and a wake-up socket.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import selectors
 import socket
@@ -101,10 +102,9 @@ class Server:
         self._wake()
 
     def _wake(self) -> None:
-        try:
+        # A full wake-up pipe already guarantees a wake-up; a closed one means we stopped.
+        with contextlib.suppress(OSError):
             self._wake_w.send(b"\0")
-        except (BlockingIOError, OSError):
-            pass  # a full wake-up pipe already guarantees a wake-up; a closed one means we stopped
 
     def serve_forever(self) -> None:
         self._serving_thread = threading.current_thread()
@@ -196,7 +196,12 @@ class Server:
         version = request.get("v")
         op = request.get("op")
         if version != PROTOCOL_VERSION:
-            self._reject(conn, "unsupported_version", f"protocol version {version!r} is not supported; this worker speaks {PROTOCOL_VERSION}", supported=PROTOCOL_VERSION)
+            self._reject(
+                conn,
+                "unsupported_version",
+                f"protocol version {version!r} is not supported; this worker speaks {PROTOCOL_VERSION}",
+                supported=PROTOCOL_VERSION,
+            )
             return
         if not isinstance(op, str):
             self._reject(conn, "bad_request", "request has no string 'op'")
@@ -282,8 +287,6 @@ class Server:
             return
         conn.closed = True
         self._conns.pop(conn.sock.fileno(), None)
-        try:
+        with contextlib.suppress(KeyError, ValueError):
             self._sel.unregister(conn.sock)
-        except (KeyError, ValueError):
-            pass
         conn.sock.close()

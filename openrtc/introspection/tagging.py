@@ -55,20 +55,21 @@ class TaskTagger:
         context: Context | None = kwargs.get("context")
         session = current_session.get() if context is None else context.get(current_session)
         previous = self._previous
+        task: asyncio.Future[Any]
         if previous is not None:
             task = previous(loop, coro, **kwargs)
         else:
-            task = asyncio.Task(coro, loop=loop, **kwargs)  # type: ignore[arg-type]
+            task = asyncio.Task(coro, loop=loop, **kwargs)
         if session is not None:
             session.tasks.add(task)
             self.owners[task] = session
             task.add_done_callback(self._forget)
-        return task  # type: ignore[no-any-return]
+        return task
 
     def _forget(self, task: asyncio.Future[Any]) -> None:
         session = self.owners.pop(task, None)
         if session is not None:
-            session.tasks.discard(task)  # type: ignore[arg-type]
+            session.tasks.discard(task)
 
     def session_of(self, task: asyncio.Future[Any]) -> Session | None:
         """The session that owns a live task, or None when the task is untagged or done."""

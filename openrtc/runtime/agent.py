@@ -61,7 +61,9 @@ def make_spec(name: str, agent: object, source: str | None = None) -> AgentSpec:
         raise ConfigError(f"agent name must be a non-empty string, got {name!r}")
     if isinstance(agent, type) and issubclass(agent, Agent):
         if agent.run is Agent.run:
-            raise ConfigError(f"agent {name!r}: {agent.__qualname__} does not define async def run(self, session)")
+            raise ConfigError(
+                f"agent {name!r}: {agent.__qualname__} does not define async def run(self, session)"
+            )
         if not inspect.iscoroutinefunction(agent.run):
             raise ConfigError(f"agent {name!r}: {agent.__qualname__}.run must be `async def`")
         prewarm: Prewarm | None = None

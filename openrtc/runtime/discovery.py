@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import os
 import sys
 import traceback
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ def agent_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("*.py") if not p.name.startswith("_") and p.is_file())
 
 
-def discover(folder: str | Path) -> Discovery:
+def discover(folder: str | os.PathLike[str]) -> Discovery:
     """Import every agent file of `folder`; duplicate names are errors on the later file."""
     root = Path(folder).resolve()
     if not root.is_dir():
@@ -50,7 +51,11 @@ def discover(folder: str | Path) -> Discovery:
             errors.append(exc)
             continue
         if spec.name in seen:
-            errors.append(AgentLoadError(str(path), spec.line, f"agent name {spec.name!r} already used by {seen[spec.name]}"))
+            errors.append(
+                AgentLoadError(
+                    str(path), spec.line, f"agent name {spec.name!r} already used by {seen[spec.name]}"
+                )
+            )
             continue
         seen[spec.name] = str(path)
         agents.append(spec)
@@ -102,17 +107,24 @@ def _agent_of(module: ModuleType, path: Path) -> AgentSpec:
     classes = [
         obj
         for obj in vars(module).values()
-        if isinstance(obj, type) and issubclass(obj, Agent) and obj is not Agent and obj.__module__ == module.__name__
+        if isinstance(obj, type)
+        and issubclass(obj, Agent)
+        and obj is not Agent
+        and obj.__module__ == module.__name__
     ]
     entry = vars(module).get("entrypoint")
     candidates: list[object] = [*classes, *([entry] if entry is not None else [])]
     if not candidates:
         raise AgentLoadError(
-            str(path), 0, "defines no agent: add a subclass of openrtc.Agent or `async def entrypoint(session)`"
+            str(path),
+            0,
+            "defines no agent: add a subclass of openrtc.Agent or `async def entrypoint(session)`",
         )
     if len(candidates) > 1:
         names = ", ".join(getattr(c, "__qualname__", repr(c)) for c in candidates)
-        raise AgentLoadError(str(path), source_line(candidates[1]), f"defines more than one agent ({names}); keep one per file")
+        raise AgentLoadError(
+            str(path), source_line(candidates[1]), f"defines more than one agent ({names}); keep one per file"
+        )
     agent = candidates[0]
     name = getattr(agent, "name", None) if isinstance(agent, type) else None
     try:

@@ -20,7 +20,9 @@ def loop_factory(name: str = "auto") -> Callable[[], asyncio.AbstractEventLoop]:
         import uvloop
     except ImportError:
         if name == "uvloop":
-            raise ConfigError("loop 'uvloop' requested but uvloop is not installed (pip install uvloop)") from None
+            raise ConfigError(
+                "loop 'uvloop' requested but uvloop is not installed (pip install uvloop)"
+            ) from None
         return asyncio.new_event_loop
     factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
     return factory

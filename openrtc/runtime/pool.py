@@ -97,7 +97,12 @@ class AgentPool:
             log.error("agent file not loaded: %s", error)
         for spec in found.agents:
             if spec.name in self._agents:
-                log.error("agent file not loaded: %s:%d: agent %r is already registered", spec.source, spec.line, spec.name)
+                log.error(
+                    "agent file not loaded: %s:%d: agent %r is already registered",
+                    spec.source,
+                    spec.line,
+                    spec.name,
+                )
                 continue
             self._set_agent(spec)
         return found
@@ -272,7 +277,11 @@ class AgentPool:
                     cancel_session(session, "drain_timeout")
                 _, stuck = await asyncio.wait(pending, timeout=CANCEL_GRACE_S)
                 for task in stuck:
-                    log.error("session task %s ignored cancellation for %.0fs; abandoning it", task.get_name(), CANCEL_GRACE_S)
+                    log.error(
+                        "session task %s ignored cancellation for %.0fs; abandoning it",
+                        task.get_name(),
+                        CANCEL_GRACE_S,
+                    )
         log.info("drained: started=%d failed=%d", self.sessions_started, self.sessions_failed)
 
     # -- sessions -------------------------------------------------------------------------------
@@ -310,7 +319,9 @@ class AgentPool:
         session_id = os.urandom(6).hex()
         while session_id in self._sessions:
             session_id = os.urandom(6).hex()
-        session = Session(session_id, spec.name, tenant, metadata, self._shared.get(spec.name, {}), self._draining)
+        session = Session(
+            session_id, spec.name, tenant, metadata, self._shared.get(spec.name, {}), self._draining
+        )
         context = contextvars.copy_context()
         context.run(current_session.set, session)
         self._sessions[session_id] = session
@@ -346,10 +357,16 @@ class AgentPool:
                 log.info("memory: RSS %.0f MB back below memory_warn_mb=%g", rss, thresholds.warn_mb)
             elif event is MemoryEvent.LIMIT_ABOVE:
                 log.error(
-                    "memory: RSS %.0f MB crossed memory_limit_mb=%g; refusing new sessions", rss, thresholds.limit_mb
+                    "memory: RSS %.0f MB crossed memory_limit_mb=%g; refusing new sessions",
+                    rss,
+                    thresholds.limit_mb,
                 )
             else:
-                log.warning("memory: RSS %.0f MB back below memory_limit_mb=%g; accepting sessions", rss, thresholds.limit_mb)
+                log.warning(
+                    "memory: RSS %.0f MB back below memory_limit_mb=%g; accepting sessions",
+                    rss,
+                    thresholds.limit_mb,
+                )
 
     async def _prewarm(self, spec: AgentSpec) -> None:
         lock = self._prewarm_locks.setdefault(spec.name, asyncio.Lock())
@@ -363,7 +380,9 @@ class AgentPool:
                     await spec.prewarm(shared)
                 except Exception as exc:
                     log.exception("prewarm of agent %r failed", spec.name)
-                    raise SessionRefused("prewarm_failed", f"prewarm of agent {spec.name!r} failed: {exc!r}") from exc
+                    raise SessionRefused(
+                        "prewarm_failed", f"prewarm of agent {spec.name!r} failed: {exc!r}"
+                    ) from exc
                 log.info("prewarmed agent %r in %.0f ms", spec.name, (time.perf_counter() - started) * 1000)
             self._shared[spec.name] = shared
             self._prewarmed.add(spec.name)

@@ -33,7 +33,9 @@ class Reloader:
     def prime(self) -> None:
         """Remember the current files and the agents they registered (call after `pool.discover`)."""
         self._mtimes = self._scan()
-        by_source = {spec.source: name for name in self.pool.agent_names if (spec := self.pool.agent(name)).source}
+        by_source = {
+            spec.source: name for name in self.pool.agent_names if (spec := self.pool.agent(name)).source
+        }
         self._names = {path: by_source[str(path)] for path in self._mtimes if str(path) in by_source}
 
     async def run(self) -> None:
@@ -72,8 +74,13 @@ class Reloader:
         old = self._names.get(path)
         owner = next((p for p, n in self._names.items() if n == spec.name and p != path), None)
         if owner is not None:
-            log.error("reload failed, keeping the previous version: %s:%d: agent name %r already used by %s",
-                      path, spec.line, spec.name, owner)
+            log.error(
+                "reload failed, keeping the previous version: %s:%d: agent name %r already used by %s",
+                path,
+                spec.line,
+                spec.name,
+                owner,
+            )
             return
         try:
             await self.pool.replace(spec)

@@ -15,7 +15,7 @@ current_session: ContextVar[Session | None] = ContextVar("openrtc_session", defa
 callback spawned from it inherits it."""
 
 
-class SessionState(str, enum.Enum):
+class SessionState(enum.StrEnum):
     """Life cycle: starting -> running [-> draining] -> ended | failed | cancelled."""
 
     STARTING = "starting"
@@ -95,7 +95,7 @@ class Session:
         self.running_at: float | None = None
         """perf_counter() when the agent's code began to run."""
         self.ended_at: float | None = None
-        self.tasks: set[asyncio.Task[Any]] = set()
+        self.tasks: set[asyncio.Future[Any]] = set()
         """Live tasks tagged with this session (filled by the task tagger when introspection is on)."""
         self._root: asyncio.Task[None] | None = None
         self._cancel_reason: str | None = None

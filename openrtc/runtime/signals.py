@@ -15,7 +15,7 @@ def capture_signals(loop: asyncio.AbstractEventLoop, on_signal: Callable[[int], 
     """Route SIGTERM/SIGINT to `on_signal(signum)` on the loop; restore the old handlers on exit."""
     # Signals can only be listened to from the main thread; elsewhere the host owns them.
     previous = {sig: signal.getsignal(sig) for sig in DRAIN_SIGNALS}
-    installed: list[int] = []
+    installed: list[signal.Signals] = []
     try:
         for sig in DRAIN_SIGNALS:
             try:

@@ -12,7 +12,6 @@ from openrtc import AgentPool, Session
 from openrtc.introspection.tagging import TaskTagger
 from openrtc.runtime.session import current_session
 
-
 POOL: list[AgentPool] = []
 
 
@@ -53,8 +52,16 @@ async def _spawn_everything(session: Session) -> dict[str, bool]:
 
 
 MECHANISMS = {
-    "root", "create_task", "gather", "wait_for", "shield", "wait", "as_completed", "task_group",
-    "call_soon", "call_later",
+    "root",
+    "create_task",
+    "gather",
+    "wait_for",
+    "shield",
+    "wait",
+    "as_completed",
+    "task_group",
+    "call_soon",
+    "call_later",
 }
 
 

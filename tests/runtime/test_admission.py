@@ -6,8 +6,12 @@ from openrtc import SessionRefused
 from openrtc.runtime.admission import Limits, check_admission
 
 
-def admit(limits: Limits, active: int = 0, agent_n: int = 0, tenant_n: int = 0, tenant: str | None = "t") -> None:
-    check_admission(limits, agent="a", tenant=tenant, active=active, active_for_agent=agent_n, active_for_tenant=tenant_n)
+def admit(
+    limits: Limits, active: int = 0, agent_n: int = 0, tenant_n: int = 0, tenant: str | None = "t"
+) -> None:
+    check_admission(
+        limits, agent="a", tenant=tenant, active=active, active_for_agent=agent_n, active_for_tenant=tenant_n
+    )
 
 
 def test_no_limits_admit_everything() -> None:
@@ -20,7 +24,11 @@ def test_no_limits_admit_everything() -> None:
         (Limits(max_sessions=3), (3, 0, 0), "max_sessions"),
         (Limits(max_sessions_per_agent=2), (2, 2, 0), "max_sessions_per_agent"),
         (Limits(max_sessions_per_tenant=1), (1, 1, 1), "max_sessions_per_tenant"),
-        (Limits(max_sessions=1, max_sessions_per_agent=1, max_sessions_per_tenant=1), (1, 1, 1), "max_sessions"),
+        (
+            Limits(max_sessions=1, max_sessions_per_agent=1, max_sessions_per_tenant=1),
+            (1, 1, 1),
+            "max_sessions",
+        ),
     ],
 )
 def test_first_broken_cap_is_named(limits: Limits, counts: tuple[int, int, int], cap: str) -> None:

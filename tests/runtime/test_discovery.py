@@ -78,7 +78,9 @@ def test_duplicate_names_fail_on_the_later_file(agents_dir: Path) -> None:
 
 def test_agent_files_can_import_sibling_helpers(agents_dir: Path) -> None:
     write_agent(agents_dir, "_shared_util", "GREETING = 'hi'\n")
-    write_agent(agents_dir, "greeter", "from _shared_util import GREETING\nasync def entrypoint(session):\n    pass\n")
+    write_agent(
+        agents_dir, "greeter", "from _shared_util import GREETING\nasync def entrypoint(session):\n    pass\n"
+    )
     assert [a.name for a in discover(agents_dir).agents] == ["greeter"]
 
 
@@ -88,9 +90,13 @@ def test_missing_folder_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_each_load_is_a_fresh_module(agents_dir: Path) -> None:
-    path = write_agent(agents_dir, "v", "VERSION = 1\nasync def entrypoint(session):\n    session.metadata['v'] = VERSION\n")
+    path = write_agent(
+        agents_dir, "v", "VERSION = 1\nasync def entrypoint(session):\n    session.metadata['v'] = VERSION\n"
+    )
     first = load_agent_file(path)
-    write_agent(agents_dir, "v", "VERSION = 2\nasync def entrypoint(session):\n    session.metadata['v'] = VERSION\n")
+    write_agent(
+        agents_dir, "v", "VERSION = 2\nasync def entrypoint(session):\n    session.metadata['v'] = VERSION\n"
+    )
     second = load_agent_file(path)
     assert first.entry is not second.entry
     assert first.entry.__globals__["VERSION"] == 1 and second.entry.__globals__["VERSION"] == 2  # type: ignore[attr-defined]

@@ -46,7 +46,9 @@ def test_session_runs_and_ends(run_loop: Any) -> None:
     assert seen == [SessionState.RUNNING]
 
 
-def test_failure_is_contained_and_logged_with_session_id(run_loop: Any, caplog: pytest.LogCaptureFixture) -> None:
+def test_failure_is_contained_and_logged_with_session_id(
+    run_loop: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     async def boom(session: Session) -> None:
         await asyncio.sleep(0)
         raise ValueError("agent bug")
@@ -131,7 +133,9 @@ def test_unknown_agent_names_the_known_ones(run_loop: Any) -> None:
         ({"max_sessions_per_tenant": 1}, [("a", "t1"), ("a", "t2"), ("b", "t1")], "max_sessions_per_tenant"),
     ],
 )
-def test_caps_refuse_with_the_cap_named(run_loop: Any, kwargs: dict[str, int], starts: list[Any], cap: str) -> None:
+def test_caps_refuse_with_the_cap_named(
+    run_loop: Any, kwargs: dict[str, int], starts: list[Any], cap: str
+) -> None:
     async def main() -> None:
         async with AgentPool(enable_introspection=False, drain_timeout_s=0, **kwargs) as pool:
             pool.add("a", sleeper)
@@ -153,7 +157,9 @@ def test_caps_refuse_with_the_cap_named(run_loop: Any, kwargs: dict[str, int], s
 
 def test_sessions_without_tenant_do_not_count_against_tenant_caps(run_loop: Any) -> None:
     async def main() -> None:
-        async with AgentPool(enable_introspection=False, max_sessions_per_tenant=1, drain_timeout_s=0) as pool:
+        async with AgentPool(
+            enable_introspection=False, max_sessions_per_tenant=1, drain_timeout_s=0
+        ) as pool:
             pool.add("a", sleeper)
             for _ in range(3):
                 await pool.start_session("a")
@@ -168,7 +174,9 @@ def test_memory_limit_refuses_while_above_and_warns_once_per_crossing(
 
     async def main() -> list[str]:
         outcomes: list[str] = []
-        async with AgentPool(enable_introspection=False, memory_warn_mb=200, memory_limit_mb=350, drain_timeout_s=0) as pool:
+        async with AgentPool(
+            enable_introspection=False, memory_warn_mb=200, memory_limit_mb=350, drain_timeout_s=0
+        ) as pool:
             pool.memory = MemoryGuard(pool.config.memory, lambda: next(readings))
             pool.add("a", sleeper)
             for _ in range(7):
@@ -359,7 +367,9 @@ def test_embedded_in_a_real_http_server(run_loop: Any) -> None:
             pass
         await asyncio.sleep(0.01)  # some I/O-bound work, concurrent across sessions
         body = f"{session.id} {request_line.split()[1].decode()}".encode()
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+        )
         await writer.drain()
         writer.close()
 
@@ -369,7 +379,9 @@ def test_embedded_in_a_real_http_server(run_loop: Any) -> None:
             handles: list[Any] = []
 
             async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-                handles.append(await pool.start_session("http", metadata={"reader": reader, "writer": writer}))
+                handles.append(
+                    await pool.start_session("http", metadata={"reader": reader, "writer": writer})
+                )
 
             server = await asyncio.start_server(on_connection, "127.0.0.1", 0)
             port = server.sockets[0].getsockname()[1]

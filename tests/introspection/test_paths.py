@@ -1,0 +1,89 @@
+"""The socket folder is private or refused; a live worker's socket is never taken over."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from openrtc import SocketError
+from openrtc.introspection.paths import (
+    bind_worker_socket,
+    check_private_dir,
+    ensure_private_dir,
+    remove_if_dead,
+    socket_dir,
+)
+
+
+def test_socket_dir_prefers_xdg_runtime_dir() -> None:
+    assert socket_dir({"XDG_RUNTIME_DIR": "/run/user/7"}) == Path("/run/user/7/openrtc")
+    assert socket_dir({}).name == f"openrtc-{os.getuid()}"
+
+
+def test_created_with_mode_0700(tmp_path: Path) -> None:
+    folder = ensure_private_dir(tmp_path / "openrtc")
+    assert folder.stat().st_mode & 0o777 == 0o700
+
+
+def test_symlinked_folder_is_refused(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    link = tmp_path / "openrtc"
+    link.symlink_to(real)
+    with pytest.raises(SocketError, match="symlink"):
+        ensure_private_dir(link)
+
+
+def test_open_folder_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "openrtc"
+    folder.mkdir()
+    folder.chmod(0o755)
+    with pytest.raises(SocketError, match="chmod 700"):
+        check_private_dir(folder)
+
+
+def test_foreign_owned_folder_is_refused(tmp_path: Path) -> None:
+    if os.getuid() != 0:
+        pytest.skip("needs root to chown a folder to another user")
+    folder = tmp_path / "openrtc"
+    folder.mkdir(mode=0o700)
+    os.chown(folder, 65534, 65534)
+    with pytest.raises(SocketError, match="owned by uid 65534"):
+        check_private_dir(folder)
+
+
+def test_live_socket_is_not_taken_over_and_dead_one_is_reused(tmp_path: Path) -> None:
+    path = ensure_private_dir(tmp_path / "d") / "1.sock"
+    first = bind_worker_socket(path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    with pytest.raises(SocketError, match="in use"):
+        bind_worker_socket(path)
+    assert not remove_if_dead(path)
+    first.close()  # the file stays, as after a kill -9
+    assert path.exists()
+    second = bind_worker_socket(path)
+    second.close()
+    assert remove_if_dead(path) and not path.exists()
+
+
+def test_regular_file_in_the_way_is_not_removed(tmp_path: Path) -> None:
+    path = ensure_private_dir(tmp_path / "d") / "1.sock"
+    path.write_text("not a socket")
+    with pytest.raises(SocketError):
+        bind_worker_socket(path)
+    assert path.read_text() == "not a socket"
+
+
+def test_remove_if_dead_needs_a_refused_connect(tmp_path: Path) -> None:
+    path = ensure_private_dir(tmp_path / "d") / "2.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(path))
+    listener.listen()
+    try:
+        assert not remove_if_dead(path)
+        assert path.exists()
+    finally:
+        listener.close()
