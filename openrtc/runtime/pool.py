@@ -439,8 +439,12 @@ class AgentPool:
         )
 
     def session_of(self, task: asyncio.Future[Any]) -> Session | None:
-        """The session that owns a live task; None when untagged, done, or introspection is off."""
-        return self._tagger.session_of(task) if self._tagger is not None else None
+        """The session that owns a task; None when untagged or introspection is off."""
+        if self._tagger is None:
+            return None
+        from openrtc.introspection.tagging import session_of
+
+        return session_of(task, self._sessions)
 
     def cancel(self, session_id: str, reason: str = "cancelled_by_user") -> bool:
         """Cancel an active session by id; False when no such session is active."""

@@ -61,6 +61,7 @@ class Session:
         "started_mono",
         "state",
         "tasks",
+        "tasks_prune_at",
         "tenant",
     )
 
@@ -96,7 +97,9 @@ class Session:
         """perf_counter() when the agent's code began to run."""
         self.ended_at: float | None = None
         self.tasks: set[asyncio.Future[Any]] = set()
-        """Live tasks tagged with this session (filled by the task tagger when introspection is on)."""
+        """Tasks tagged with this session: the live ones and some recently finished (pruned lazily).
+        Filled by the task tagger, so empty when introspection is off."""
+        self.tasks_prune_at = 64
         self._root: asyncio.Task[None] | None = None
         self._cancel_reason: str | None = None
         self._log: SessionLogAdapter | None = None

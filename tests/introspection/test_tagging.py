@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from openrtc import AgentPool, Session
-from openrtc.introspection.tagging import TaskTagger
+from openrtc.introspection.tagging import TaskTagger, live_tasks, session_of
 from openrtc.runtime.session import current_session
 
 POOL: list[AgentPool] = []
@@ -112,11 +112,10 @@ def test_live_task_count_drops_when_tasks_finish(run_loop: Any) -> None:
         release = asyncio.Event()
         children = [asyncio.create_task(release.wait()) for _ in range(3)]
         await asyncio.sleep(0)
-        assert len(session.tasks) == 4  # root + 3
+        assert live_tasks(session) == 4  # root + 3
         release.set()
         await asyncio.gather(*children)
-        await asyncio.sleep(0)  # done callbacks run one step later
-        assert len(session.tasks) == 1
+        assert live_tasks(session) == 1
 
     async def main() -> None:
         async with AgentPool() as pool:
@@ -209,7 +208,7 @@ def test_tagger_reads_the_context_argument(run_loop: Any) -> None:
                 await asyncio.sleep(0)
 
             task = loop.create_task(nothing(), context=ctx)
-            assert task in session.tasks and tagger.session_of(task) is session
+            assert task in session.tasks and session_of(task, {session.id: session}) is session
             untagged = loop.create_task(nothing())
             assert untagged not in session.tasks
             await asyncio.gather(task, untagged)
@@ -218,3 +217,24 @@ def test_tagger_reads_the_context_argument(run_loop: Any) -> None:
         assert loop.get_task_factory() is None
 
     run_loop(main())
+
+
+def test_finished_tasks_do_not_accumulate(run_loop: Any) -> None:
+    """A long session that spawns a task per frame must not keep every finished task alive."""
+    sizes: list[int] = []
+
+    async def agent(session: Session) -> None:
+        async def frame() -> None:
+            return None
+
+        for _ in range(5000):
+            await asyncio.create_task(frame())
+            sizes.append(len(session.tasks))
+
+    async def main() -> None:
+        async with AgentPool() as pool:
+            pool.add("frames", agent)
+            await (await pool.start_session("frames"))
+
+    run_loop(main())
+    assert max(sizes) <= 65  # root + at most MIN_PRUNE_AT finished ones
