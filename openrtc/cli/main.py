@@ -156,6 +156,13 @@ def build_parser(worker_defaults: dict[str, Any] | None = None) -> argparse.Argu
     )
     lst.add_argument("agents_dir", metavar="AGENTS_DIR")
     lst.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    demo = sub.add_parser("demo", help="run a worker on agents_example/ with a steady mixed load",
+                          description="Start a worker on agents_example/ in a child process and drive a steady "
+                          "mixed load (a few sessions misbehave). Ctrl-C stops both.")
+    demo.add_argument("--agents", type=Path, metavar="DIR", help="agents folder (default: agents_example/)")
+    demo.add_argument("--duration", type=positive_float, metavar="S", help="stop after S seconds (default: never)")
+    demo.add_argument("--rate", type=positive_float, default=5.0, metavar="N",
+                      help="sessions started per second (default: 5)")
     return parser
 
 
@@ -176,6 +183,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _dispatch(parser, args)
     if args.command == "list":
         return _list(args)
+    if args.command == "demo":
+        from openrtc.cli.demo import run_demo
+
+        return run_demo(args.agents, args.duration, args.rate)
     parser.error(f"unknown command {args.command!r}")
     return 2
 
