@@ -33,8 +33,19 @@ def run_demo(agents: Path | None, duration: float | None, rate: float, status_ev
         return 1
     path = ensure_private_dir(socket_dir()) / f"demo-{os.getpid()}.sock"
     worker = subprocess.Popen(
-        [sys.executable, "-m", "openrtc.cli.main", "start", str(folder), "--socket", str(path),
-         "--log-level", "warning", "--drain-timeout", "3"],
+        [
+            sys.executable,
+            "-m",
+            "openrtc.cli.main",
+            "start",
+            str(folder),
+            "--socket",
+            str(path),
+            "--log-level",
+            "warning",
+            "--drain-timeout",
+            "3",
+        ],
     )
     try:
         client = _connect(path, worker)
@@ -63,8 +74,13 @@ def _connect(path: Path, worker: subprocess.Popen[bytes], timeout: float = 15.0)
     return None
 
 
-def _drive(client: WorkerClient, worker: subprocess.Popen[bytes], duration: float | None, rate: float,
-           status_every: float) -> None:
+def _drive(
+    client: WorkerClient,
+    worker: subprocess.Popen[bytes],
+    duration: float | None,
+    rate: float,
+    status_every: float,
+) -> None:
     agents, weights = list(LOAD_MIX), list(LOAD_MIX.values())
     started = time.monotonic()
     next_status = started + status_every

@@ -32,7 +32,7 @@ def _worker_flags(parser: argparse.ArgumentParser) -> None:
         "--isolation",
         choices=("coroutine", "process"),
         default="coroutine",
-        help="how sessions are isolated [OPENRTC_ISOLATION] (default: coroutine)",
+        help="how sessions are isolated; this version runs coroutine only [OPENRTC_ISOLATION]",
     )
     g.add_argument(
         "--max-sessions",
@@ -57,7 +57,7 @@ def _worker_flags(parser: argparse.ArgumentParser) -> None:
         type=positive_float,
         default=50.0,
         metavar="MS",
-        help="loop stall that counts as a block [OPENRTC_SLOW_THRESHOLD_MS] (default: 50)",
+        help="loop stall that counts as a block (stall watchdog: coming) [OPENRTC_SLOW_THRESHOLD_MS]",
     )
     g.add_argument(
         "--memory-warn-mb",
@@ -156,13 +156,23 @@ def build_parser(worker_defaults: dict[str, Any] | None = None) -> argparse.Argu
     )
     lst.add_argument("agents_dir", metavar="AGENTS_DIR")
     lst.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    demo = sub.add_parser("demo", help="run a worker on agents_example/ with a steady mixed load",
-                          description="Start a worker on agents_example/ in a child process and drive a steady "
-                          "mixed load (a few sessions misbehave). Ctrl-C stops both.")
+    demo = sub.add_parser(
+        "demo",
+        help="run a worker on agents_example/ with a steady mixed load",
+        description="Start a worker on agents_example/ in a child process and drive a steady "
+        "mixed load (a few sessions misbehave). Ctrl-C stops both.",
+    )
     demo.add_argument("--agents", type=Path, metavar="DIR", help="agents folder (default: agents_example/)")
-    demo.add_argument("--duration", type=positive_float, metavar="S", help="stop after S seconds (default: never)")
-    demo.add_argument("--rate", type=positive_float, default=5.0, metavar="N",
-                      help="sessions started per second (default: 5)")
+    demo.add_argument(
+        "--duration", type=positive_float, metavar="S", help="stop after S seconds (default: never)"
+    )
+    demo.add_argument(
+        "--rate",
+        type=positive_float,
+        default=5.0,
+        metavar="N",
+        help="sessions started per second (default: 5)",
+    )
     return parser
 
 
