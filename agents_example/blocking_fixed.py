@@ -2,9 +2,9 @@
 
 import asyncio
 
-from openrtc import Agent, Session
+from blocking import lookup_customer
 
-from blocking import lookup_customer  # noqa: I001  (agent files import siblings by name)
+from openrtc import Agent, Session
 
 
 class BlockingFixed(Agent):

@@ -146,7 +146,9 @@ def idle_memory(n: int, loop_kind: str, repeats: int = 3) -> dict[str, Any]:
         for mode in ("off", "on"):
             out = subprocess.run(
                 [sys.executable, "-c", IDLE_CHILD, str(n), mode, loop_kind],
-                capture_output=True, text=True, check=True,
+                capture_output=True,
+                text=True,
+                check=True,
             )
             results[mode].append(json.loads(out.stdout))
     med = {m: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for m, rs in results.items()}
@@ -172,7 +174,7 @@ def _percentiles(values: list[float]) -> dict[str, float]:
 
 
 def dispatch_latency(loop_kind: str, background: int = 1000, samples: int = 1000) -> dict[str, Any]:
-    """With `background` sessions alive, time start_session -> agent code running, in process and over the socket."""
+    """With `background` sessions alive: start_session -> agent running, in process and over the socket."""
     running_at: dict[str, float] = {}
 
     async def idle(session: Session) -> None:
@@ -236,7 +238,8 @@ def main() -> None:
     n_idle = 2_000 if args.quick else 10_000
     report: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": f"{platform.machine()}, {psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB",
+        "machine": f"{platform.machine()}, {psutil.cpu_count()} cores, "
+        f"{psutil.virtual_memory().total / 2**30:.0f} GiB",
         "python": platform.python_version(),
         "results": {},
     }
