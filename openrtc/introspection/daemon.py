@@ -1,7 +1,8 @@
-"""The introspection daemon: a thread that owns the worker's socket and its periodic checks.
+"""The introspection daemon: the socket server thread and the monitor (watchdog thread + heartbeat).
 
 It reads the pool only through values that are safe to read from another thread (ints, tuples that
-are replaced whole) and reaches the event loop only with `run_coroutine_threadsafe`.
+are replaced whole, containers copied in one C call) and reaches the event loop only with
+`run_coroutine_threadsafe` / `call_soon_threadsafe`.
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from openrtc.errors import OpenRTCError, SessionRefused, UnknownAgentError
+from openrtc.introspection.monitor import Monitor
 from openrtc.introspection.paths import bind_worker_socket, ensure_private_dir, socket_dir
+from openrtc.introspection.schema import to_dict
 from openrtc.introspection.server import Respond, Server
+from openrtc.introspection.snapshot import build_snapshot
 from openrtc.introspection.wire import PROTOCOL_VERSION, error_reply, ok_reply
 from openrtc.runtime.loops import loop_name
 
@@ -31,11 +35,12 @@ MAX_DISPATCH_COUNT = 10_000
 
 
 class Daemon:
-    """Binds the socket, serves the ops on its own thread, polls memory once a second."""
+    """Binds the socket and serves the ops on one thread; the monitor watches the loop from another."""
 
-    def __init__(self, pool: AgentPool, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, pool: AgentPool, loop: asyncio.AbstractEventLoop, monitor: Monitor) -> None:
         self._pool = pool
         self._loop = loop
+        self.monitor = monitor
         self._thread: threading.Thread | None = None
         self._server: Server | None = None
         self._listener: socket.socket | None = None
@@ -55,16 +60,19 @@ class Daemon:
             self._listener,
             {
                 "hello": self._op_hello,
+                "snapshot": self._op_snapshot,
                 "dispatch": self._op_dispatch,
                 "cancel": self._op_cancel,
                 "drain": self._op_drain,
             },
-            tick=self._tick,
         )
-        self._thread = threading.Thread(target=self._server.serve_forever, name="openrtc-daemon", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="openrtc-server", daemon=True)
         self._thread.start()
+        server_thread = self._thread
+        self.monitor.start(self._loop, lambda: [server_thread.ident] if server_thread.ident else [])
 
     def close(self) -> None:
+        self.monitor.close()
         if self._server is not None:
             self._server.stop()
         if self._thread is not None:
@@ -84,10 +92,12 @@ class Daemon:
     def errors(self) -> int:
         return self._server.stats.errors if self._server is not None else 0
 
-    def _tick(self) -> None:
-        pool = self._pool
-        if pool.memory.enabled:
-            pool.log_memory_events(pool.memory.poll())
+    def snapshot(self) -> dict[str, Any]:
+        stats = self._server.stats if self._server is not None else None
+        snap = build_snapshot(
+            self._pool, self.monitor, stats.errors if stats else 0, stats.last_error if stats else None
+        )
+        return to_dict(snap)
 
     # -- ops (run on the daemon thread) ---------------------------------------------------------
 
@@ -112,6 +122,9 @@ class Daemon:
                 }
             )
         )
+
+    def _op_snapshot(self, request: dict[str, Any], respond: Respond) -> None:
+        respond(ok_reply(self.snapshot()))
 
     def _op_dispatch(self, request: dict[str, Any], respond: Respond) -> None:
         agent, tenant, metadata, count = (request.get(k) for k in ("agent", "tenant", "metadata", "count"))

@@ -19,6 +19,7 @@ from collections.abc import Coroutine, Generator
 from contextvars import Context
 from typing import Any
 
+from openrtc.introspection.timing import StepClock, TimedCoroutine
 from openrtc.runtime.session import Session, current_session
 
 TaskFactory = Any  # asyncio's own annotation for task factories differs across 3.11-3.13
@@ -30,9 +31,11 @@ MIN_PRUNE_AT = 64
 class TaskTagger:
     """Installs itself as the loop's task factory and restores the previous one on `uninstall`."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: StepClock | None = None) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._previous: TaskFactory | None = None
+        self._clock = clock
+        """When set, each session task's coroutine is wrapped so its steps are timed on this clock."""
 
     @property
     def installed(self) -> bool:
@@ -43,7 +46,7 @@ class TaskTagger:
             raise RuntimeError("TaskTagger is already installed")
         self._previous = loop.get_task_factory()
         self._loop = loop
-        loop.set_task_factory(_make_factory(self._previous))
+        loop.set_task_factory(_make_factory(self._previous, self._clock))
 
     def uninstall(self) -> None:
         loop, self._loop = self._loop, None
@@ -52,7 +55,7 @@ class TaskTagger:
             self._previous = None
 
 
-def _make_factory(previous: TaskFactory | None) -> TaskFactory:
+def _make_factory(previous: TaskFactory | None, clock: StepClock | None) -> TaskFactory:
     # A closure over locals, not a method, and no helper call when there is no previous factory: this
     # runs for every task the worker creates, and each extra Python call or attribute look-up shows.
     get_session = current_session.get
@@ -67,12 +70,16 @@ def _make_factory(previous: TaskFactory | None) -> TaskFactory:
         task: asyncio.Future[Any]
         if context is None:
             session = get_session()
+            if clock is not None and session is not None and session.stats is not None:
+                coro = TimedCoroutine(coro, session.stats, clock)
             if previous is None:
                 task = new_task(coro, loop=loop, **kwargs)
             else:
                 task = previous(loop, coro, **kwargs)
         else:
             session = context.get(current_session)
+            if clock is not None and session is not None and session.stats is not None:
+                coro = TimedCoroutine(coro, session.stats, clock)
             if previous is None:
                 task = new_task(coro, loop=loop, context=context, **kwargs)
             else:

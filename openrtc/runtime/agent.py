@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -45,6 +46,8 @@ class AgentSpec:
     """The file it was loaded from, None when added from code."""
     line: int
     """Where the agent is defined in `source` (0 when unknown)."""
+    code_dir: str | None = None
+    """The folder whose frames count as the agent's own code when blaming a stall."""
 
 
 def _class_entry(cls: type[Agent]) -> Entrypoint:
@@ -71,15 +74,27 @@ def make_spec(name: str, agent: object, source: str | None = None) -> AgentSpec:
             if not inspect.iscoroutinefunction(agent.prewarm):
                 raise ConfigError(f"agent {name!r}: {agent.__qualname__}.prewarm must be `async def`")
             prewarm = agent.prewarm
-        return AgentSpec(name, _class_entry(agent), prewarm, source, source_line(agent))
+        return AgentSpec(
+            name, _class_entry(agent), prewarm, source, source_line(agent), _code_dir(agent, source)
+        )
     if inspect.iscoroutinefunction(agent):
-        return AgentSpec(name, agent, None, source, source_line(agent))
+        return AgentSpec(name, agent, None, source, source_line(agent), _code_dir(agent, source))
     if inspect.isfunction(agent):
         raise ConfigError(f"agent {name!r}: {agent.__qualname__} must be an `async def` taking a session")
     raise ConfigError(
         f"agent {name!r}: expected a subclass of openrtc.Agent or an `async def` function "
         f"taking a session, got {agent!r}"
     )
+
+
+def _code_dir(obj: object, source: str | None) -> str | None:
+    try:
+        path = source or inspect.getsourcefile(obj)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+    if not path or path.startswith("<"):
+        return None
+    return os.path.dirname(os.path.abspath(path))
 
 
 def source_line(obj: object) -> int:

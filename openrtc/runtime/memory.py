@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import enum
+import functools
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 
 class MemoryEvent(enum.Enum):
@@ -47,8 +49,11 @@ class MemoryGuard:
         return self._above_limit
 
     def poll(self) -> list[MemoryEvent]:
-        """Read RSS once and return the crossings since the last poll."""
-        rss = self._read()
+        """Read RSS once and return the crossings since the last reading."""
+        return self.observe(self._read())
+
+    def observe(self, rss: float) -> list[MemoryEvent]:
+        """Take an RSS reading made elsewhere and return the crossings since the last reading."""
         events: list[MemoryEvent] = []
         with self._lock:
             self.last_rss_mb = rss
@@ -62,8 +67,13 @@ class MemoryGuard:
         return events
 
 
-def process_rss_mb() -> float:
-    """This process's resident set size in MB (one cheap /proc read on Linux)."""
+@functools.lru_cache(maxsize=1)
+def _this_process() -> Any:
     import psutil
 
-    return float(psutil.Process().memory_info().rss) / (1024 * 1024)
+    return psutil.Process()
+
+
+def process_rss_mb() -> float:
+    """This process's resident set size in MB (one cheap /proc read on Linux)."""
+    return float(_this_process().memory_info().rss) / (1024 * 1024)

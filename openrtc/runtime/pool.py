@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 import logging
 import os
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from openrtc.errors import ConfigError, OpenRTCError, SessionRefused, UnknownAgentError
+from openrtc.introspection.timing import SessionStats
 from openrtc.runtime.admission import Limits, check_admission
 from openrtc.runtime.agent import AgentSpec, make_spec
 from openrtc.runtime.config import PoolConfig
@@ -24,12 +26,15 @@ from openrtc.runtime.signals import capture_signals
 
 if TYPE_CHECKING:
     from openrtc.introspection.daemon import Daemon
+    from openrtc.introspection.monitor import Monitor
     from openrtc.introspection.tagging import TaskTagger
 
 log = logging.getLogger("openrtc.pool")
 
 CANCEL_GRACE_S = 5.0
 """After a drain cancels what is left, how long it waits for those sessions to unwind."""
+RECENTLY_ENDED_MAX = 1000
+"""Finished sessions remembered for snapshots (which show those ended in the last few seconds)."""
 
 
 class AgentPool:
@@ -78,7 +83,10 @@ class AgentPool:
         self._shutdown: asyncio.Event | None = None
         self._drain_task: asyncio.Task[None] | None = None
         self._tagger: TaskTagger | None = None
+        self._monitor: Monitor | None = None
         self._daemon: Daemon | None = None
+        self.recently_ended: collections.deque[Session] = collections.deque(maxlen=RECENTLY_ENDED_MAX)
+        """Finished sessions, newest last, for the snapshot's recently-ended rows."""
 
     # -- agents ---------------------------------------------------------------------------------
 
@@ -182,9 +190,18 @@ class AgentPool:
         self._draining = asyncio.Event()
         self._shutdown = asyncio.Event()
         if self.config.enable_introspection:
+            from openrtc.introspection.monitor import Monitor
             from openrtc.introspection.tagging import TaskTagger
 
-            self._tagger = TaskTagger()
+            sessions = self._sessions
+            self._monitor = Monitor(
+                self.config.slow_session_threshold_ms,
+                lambda: list(sessions.values()),
+                self._own_dirs,
+                process_rss_mb,
+                on_rss=self._on_rss,
+            )
+            self._tagger = TaskTagger(self._monitor.clock)
             self._tagger.install(loop)
         self._state = "running"
         try:
@@ -196,7 +213,8 @@ class AgentPool:
             if self.config.enable_introspection:
                 from openrtc.introspection.daemon import Daemon
 
-                self._daemon = Daemon(self, loop)
+                assert self._monitor is not None
+                self._daemon = Daemon(self, loop, self._monitor)
                 self._daemon.start()
         except BaseException:
             await self.aclose()
@@ -221,6 +239,7 @@ class AgentPool:
         if self._tagger is not None:
             self._tagger.uninstall()
             self._tagger = None
+        self._monitor = None
 
     def run(self, loop: str = "auto") -> None:
         """Run the worker until SIGTERM/SIGINT or `drain()`, then drain and return."""
@@ -322,6 +341,8 @@ class AgentPool:
         session = Session(
             session_id, spec.name, tenant, metadata, self._shared.get(spec.name, {}), self._draining
         )
+        if self._monitor is not None:
+            session.stats = SessionStats(session)
         context = contextvars.copy_context()
         context.run(current_session.set, session)
         self._sessions[session_id] = session
@@ -346,6 +367,14 @@ class AgentPool:
                 f"worker RSS {self.memory.last_rss_mb:.0f} MB is above memory_limit_mb="
                 f"{self.config.memory.limit_mb:g}; refusing new sessions until it falls",
             )
+
+    def _on_rss(self, rss_mb: float) -> None:
+        if self.memory.enabled:
+            self.log_memory_events(self.memory.observe(rss_mb))
+
+    def _own_dirs(self, agent: str) -> tuple[str, ...]:
+        spec = self._agents.get(agent)
+        return (spec.code_dir,) if spec is not None and spec.code_dir else ()
 
     def log_memory_events(self, events: list[MemoryEvent]) -> None:
         """Log each threshold crossing once (called from the loop or the daemon thread)."""
@@ -424,6 +453,7 @@ class AgentPool:
             for task in leftovers:
                 task.cancel(msg="session_ended")
         del self._sessions[session.id]
+        self.recently_ended.append(session)
         self._by_agent[session.agent] -= 1
         if self._by_agent[session.agent] <= 0:
             del self._by_agent[session.agent]

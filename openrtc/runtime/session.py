@@ -60,6 +60,7 @@ class Session:
         "started_at",
         "started_mono",
         "state",
+        "stats",
         "tasks",
         "tasks_prune_at",
         "tenant",
@@ -100,6 +101,8 @@ class Session:
         """Tasks tagged with this session: the live ones and some recently finished (pruned lazily).
         Filled by the task tagger, so empty when introspection is off."""
         self.tasks_prune_at = 64
+        self.stats: Any = None
+        """Introspection counters (`SessionStats`), None when introspection is off."""
         self._root: asyncio.Task[None] | None = None
         self._cancel_reason: str | None = None
         self._log: SessionLogAdapter | None = None

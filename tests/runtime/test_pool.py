@@ -319,7 +319,9 @@ def test_introspection_on_listens_and_cleans_up(sock_home: Path, run_loop: Any) 
             assert path.parent == sock_home / "openrtc"
             assert oct(path.stat().st_mode & 0o777) == oct(0o600)
             assert oct(path.parent.stat().st_mode & 0o777) == oct(0o700)
-            assert threading.active_count() == threads + 1
+            names = {t.name for t in threading.enumerate()}
+            assert {"openrtc-server", "openrtc-watchdog"} <= names
+            assert threading.active_count() == threads + 2
             return path
 
     path = run_loop(main())

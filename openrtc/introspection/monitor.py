@@ -1,0 +1,341 @@
+"""The monitor: a watchdog thread, a heartbeat on the loop, and the rolling windows behind a snapshot.
+
+- The watchdog wakes `WATCHDOG_HZ` times a second. When the step published on the `StepClock` has run
+  past the threshold, it captures the loop thread's stack (`sys._current_frames`) while the step is still
+  running: the session that holds the loop is known exactly, never guessed. A C call that holds the GIL
+  (a regex, `json.dumps`) keeps the watchdog out until it returns; the watchdog, already waiting for the
+  GIL, then gets it at the next bytecode boundary, still inside the step, so the offending frame is
+  still on the stack.
+- The heartbeat is a loop timer every `HEARTBEAT_S`; its lateness is the loop lag. A late heartbeat with
+  no long step behind it is an overload (many short steps) or code outside any session, blamed on no
+  session.
+- Every `TICK_S` the watchdog also records each session's busy time into a ring, the process CPU time
+  and (every second) RSS: the rolling windows of the snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import collections
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from time import perf_counter_ns
+from typing import TYPE_CHECKING, Any
+
+from openrtc.introspection.frames import FrameInfo, pick_blame, walk
+from openrtc.introspection.schema import Block, LastBlock
+from openrtc.introspection.timing import SessionStats, StepClock
+
+if TYPE_CHECKING:
+    from openrtc.runtime.session import Session
+
+log = logging.getLogger("openrtc.slow")
+
+WATCHDOG_HZ = 50.0
+"""How often the watchdog looks at the loop."""
+HEARTBEAT_S = 0.05
+"""Period of the loop's heartbeat timer."""
+TICK_S = 0.5
+"""Period of the rolling-window bookkeeping."""
+WINDOW_S = 5.0
+"""Span of `cpu_pct`, `loop_lag_ms`, `sample_hz_achieved`, `cost_pct`."""
+SLOW_FOR_S = 5.0
+"""How long a session stays `slow` after a block."""
+MAX_BLOCKS = 100
+"""Blocks kept per worker."""
+RING = int(WINDOW_S / TICK_S) + 1
+
+
+@dataclass
+class Capture:
+    """What the watchdog saw of one long step while it ran."""
+
+    seq: int
+    session: Any
+    start_ns: int
+    stack: list[FrameInfo]
+    blame: FrameInfo | None
+
+
+def _thread_cpu_s(ident: int) -> float:
+    try:
+        return time.clock_gettime(time.pthread_getcpuclockid(ident))
+    except (OSError, AttributeError):  # the thread ended, or the platform has no per-thread clocks
+        return 0.0
+
+
+def _blame_text(frame: FrameInfo | None) -> str:
+    return frame.display() if frame is not None else "(no frame captured)"
+
+
+class Monitor:
+    """Owns the step clock, the watchdog thread and the heartbeat of one pool's loop."""
+
+    def __init__(
+        self,
+        threshold_ms: float,
+        sessions: Callable[[], list[Session]],
+        own_dirs: Callable[[str], tuple[str, ...]],
+        read_rss_mb: Callable[[], float],
+        on_rss: Callable[[float], None] | None = None,
+    ) -> None:
+        self.threshold_ns = int(threshold_ms * 1e6)
+        self.clock = StepClock(self.threshold_ns, self._on_long_step)
+        self._sessions = sessions
+        self._own_dirs = own_dirs
+        self._read_rss_mb = read_rss_mb
+        self._on_rss = on_rss
+        self.blocks: collections.deque[Block] = collections.deque(maxlen=MAX_BLOCKS)
+        self.errors = 0
+        self.last_error: str | None = None
+        # watchdog state (written by the watchdog thread)
+        self._capture: Capture | None = None
+        self._outside: Capture | None = None
+        self.polls: collections.deque[float] = collections.deque(maxlen=int(WATCHDOG_HZ * WINDOW_S * 2))
+        # heartbeat state (written on the loop thread)
+        self.last_beat_ns = perf_counter_ns()
+        self._beat_seq = 0
+        self.lags_ms: collections.deque[tuple[float, float]] = collections.deque(
+            maxlen=int(WINDOW_S / HEARTBEAT_S)
+        )
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # tick state (written by the watchdog thread)
+        self.tick_times: list[float] = [0.0] * RING
+        self.tick_cpu: list[float] = [0.0] * RING
+        self.tick_self_cpu: list[float] = [0.0] * RING
+        self.tick_steps: list[int] = [0] * RING
+        self.tick_index = 0
+        self.ticks = 0
+        self.rss_mb = 0.0
+        self._rss_at = 0.0
+        # Peak of the equal share since any time: (mono, share), shares strictly decreasing.
+        self.share_peaks: list[tuple[float, float]] = []
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._loop_thread_id = 0
+        self._other_threads: Callable[[], list[int]] = list
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self, loop: asyncio.AbstractEventLoop, other_threads: Callable[[], list[int]] = list) -> None:
+        """Start on the loop's thread; `other_threads` names threads whose CPU counts as our cost."""
+        self._loop = loop
+        self._loop_thread_id = threading.get_ident()
+        self._other_threads = other_threads
+        self.last_beat_ns = perf_counter_ns()
+        now, cpu = time.perf_counter(), os.times()
+        self.tick_times[:] = [now] * RING
+        self.tick_cpu[:] = [cpu.user + cpu.system] * RING
+        self._schedule_beat()
+        self._thread = threading.Thread(target=self._run, name="openrtc-watchdog", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+            self._thread = None
+
+    def record_error(self, message: str) -> None:
+        self.errors += 1
+        self.last_error = message
+
+    # -- loop thread ----------------------------------------------------------------------------
+
+    def _schedule_beat(self) -> None:
+        assert self._loop is not None
+        self._expected_ns = perf_counter_ns() + int(HEARTBEAT_S * 1e9)
+        self._timer = self._loop.call_at(self._loop.time() + HEARTBEAT_S, self._beat)
+
+    def _beat(self) -> None:
+        now = perf_counter_ns()
+        late_ns = max(0, now - self._expected_ns)
+        self.lags_ms.append((time.perf_counter(), late_ns / 1e6))
+        clock = self.clock
+        if late_ns > self.threshold_ns and clock.max_step_ns <= self.threshold_ns:
+            steps = clock.seq - self._beat_seq
+            self._record_unblamed(late_ns, steps, clock.max_step_ns)
+        clock.max_step_ns = 0
+        self._beat_seq = clock.seq
+        self.last_beat_ns = now
+        self._outside = None
+        if not self._stop.is_set():
+            self._schedule_beat()
+
+    def _record_unblamed(self, late_ns: int, steps: int, longest_ns: int) -> None:
+        outside = self._outside
+        at = time.time() - late_ns / 1e9
+        if outside is not None and steps <= 1:
+            block = Block(
+                None,
+                None,
+                round(late_ns / 1e6, 1),
+                at,
+                _blame_text(outside.blame),
+                [f.display() for f in outside.stack],
+                False,
+                "outside",
+            )
+            log.warning(
+                "[slow-loop] code outside any session blocked event loop for %.0fms at %s",
+                late_ns / 1e6,
+                block.where,
+            )
+        else:
+            where = f"overload: {steps} session steps, longest {longest_ns / 1e6:.1f} ms"
+            block = Block(None, None, round(late_ns / 1e6, 1), at, where, [], False, "overload")
+            log.warning("[overload] event loop %.0fms late: %s", late_ns / 1e6, where)
+        self.blocks.append(block)
+
+    def _on_long_step(self, stats: SessionStats, seq: int, start_ns: int, own_ns: int) -> None:
+        """A session step held the loop past the threshold (called on the loop thread, when it ends)."""
+        session = stats.session
+        capture = self._capture
+        if capture is not None and capture.seq == seq:
+            stack, blame = capture.stack, capture.blame
+        else:  # too short for the watchdog to look, or it could not get the GIL in time
+            stack, blame = [], None
+        ms = own_ns / 1e6
+        at = time.time() - (perf_counter_ns() - start_ns) / 1e9
+        where = _blame_text(blame)
+        block = Block(
+            session.id, session.agent, round(ms, 1), at, where, [f.display() for f in stack], False, "session"
+        )
+        self.blocks.append(block)
+        stats.blocks += 1
+        stats.last_block = LastBlock(block.ms, at, where)
+        stats.last_block_mono = time.perf_counter()
+        log.warning(
+            "[slow-session] session_id=%s agent=%s blocked event loop for %.0fms at %s",
+            session.id,
+            session.agent,
+            ms,
+            where,
+            extra={"session_id": session.id, "agent": session.agent},
+        )
+
+    # -- watchdog thread ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        period = 1.0 / WATCHDOG_HZ
+        next_poll = time.perf_counter()
+        next_tick = next_poll + TICK_S
+        while not self._stop.is_set():
+            next_poll += period
+            delay = next_poll - time.perf_counter()
+            if delay > 0:
+                self._stop.wait(delay)
+            else:
+                next_poll = time.perf_counter()  # fell behind (GIL held): do not burst to catch up
+            now = time.perf_counter()
+            try:
+                self._poll()
+                if now >= next_tick:
+                    self._tick(now)
+                    next_tick += TICK_S
+                    if next_tick < now:
+                        next_tick = now + TICK_S
+            except Exception as exc:
+                # The watchdog must outlive its own bugs; the error goes into the snapshot.
+                self.record_error(f"watchdog: {type(exc).__name__}: {exc}")
+                log.exception("introspection watchdog failed")
+            self.polls.append(now)
+
+    def _poll(self) -> None:
+        now = perf_counter_ns()
+        current = self.clock.current
+        if current is not None:
+            stats, _, _, start_ns, seq = current[:]  # one C-level copy: a consistent view
+            if now - start_ns > self.threshold_ns:
+                self._capture = self._capture_step(stats.session, seq, start_ns)
+            return
+        if now - self.last_beat_ns > self.threshold_ns + HEARTBEAT_S * 1e9:
+            # The loop is held, but by no session step: capture it, to blame it on the heartbeat.
+            stack = self._loop_stack()
+            self._outside = Capture(0, None, self.last_beat_ns, stack, pick_blame(stack, ()))
+
+    def _capture_step(self, session: Any, seq: int, start_ns: int) -> Capture:
+        stack = self._loop_stack()
+        blame = pick_blame(stack, self._own_dirs(session.agent))
+        return Capture(seq, session, start_ns, stack, blame)
+
+    def _loop_stack(self) -> list[FrameInfo]:
+        frame = sys._current_frames().get(self._loop_thread_id)
+        return walk(frame)
+
+    def ongoing(self) -> Block | None:
+        """The block in progress, if the loop is held right now by a step the watchdog has seen."""
+        capture = self._capture
+        current = self.clock.current
+        if capture is None or current is None or current[4] != capture.seq:
+            return None
+        held_ms = (perf_counter_ns() - capture.start_ns) / 1e6
+        at = time.time() - held_ms / 1000
+        return Block(
+            capture.session.id,
+            capture.session.agent,
+            round(held_ms, 1),
+            at,
+            _blame_text(capture.blame),
+            [f.display() for f in capture.stack],
+            True,
+            "session",
+        )
+
+    def _tick(self, now: float) -> None:
+        i = self.tick_index = (self.tick_index + 1) % RING
+        self.tick_times[i] = now
+        cpu = os.times()
+        self.tick_cpu[i] = cpu.user + cpu.system
+        self.tick_self_cpu[i] = time.thread_time() + sum(map(_thread_cpu_s, self._other_threads()))
+        self.tick_steps[i] = self.clock.seq
+        self.ticks += 1
+        sessions = self._sessions()
+        for session in sessions:
+            stats: SessionStats | None = session.stats
+            if stats is None:
+                continue
+            ring = stats.cpu_ring
+            if ring is None:
+                ring = stats.cpu_ring = [0] * RING
+            ring[i] = stats.busy_ns
+        if now - self._rss_at >= 1.0:
+            self._rss_at = now
+            self.rss_mb = self._read_rss_mb()
+            if self._on_rss is not None:
+                self._on_rss(self.rss_mb)
+            if sessions:
+                self._note_share(now, self.rss_mb / len(sessions))
+
+    def _note_share(self, now: float, share: float) -> None:
+        peaks = self.share_peaks
+        while peaks and peaks[-1][1] <= share:
+            peaks.pop()
+        peaks.append((now, share))
+
+    # -- windows, read when building a snapshot -------------------------------------------------
+
+    def window(self) -> tuple[int, float]:
+        """(oldest ring index, span in seconds from that tick to now) of the rolling window.
+
+        Ticks come every `TICK_S` and the ring holds `WINDOW_S / TICK_S + 1` of them, so once warm the
+        span is between `WINDOW_S` and `WINDOW_S + TICK_S`; just after start it is shorter.
+        """
+        oldest = (self.tick_index + 1) % RING if self.ticks >= RING else 1
+        return oldest, max(1e-9, time.perf_counter() - self.tick_times[oldest])
+
+    def peak_share_since(self, since_mono: float, current: float) -> float:
+        """Largest equal share recorded at or after `since_mono` (or `current` if larger)."""
+        peaks = self.share_peaks
+        i = bisect.bisect_left(peaks, since_mono, key=lambda p: p[0])
+        return max(current, peaks[i][1]) if i < len(peaks) else current

@@ -1,0 +1,229 @@
+"""The snapshot schema (version 1): what `snapshot` returns and `top --json` prints.
+
+Frozen dataclasses, one docstring per field, converted to and from plain dicts only here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, TypeVar
+
+from openrtc.errors import ProtocolError, SchemaVersionError
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LoopLag:
+    """How late the loop's heartbeat timer fired, over the last `window_s`, in milliseconds."""
+
+    p50: float
+    """Median lateness."""
+    p99: float
+    """99th percentile lateness."""
+    max: float
+    """Worst lateness."""
+
+
+@dataclass(frozen=True)
+class IntrospectionInfo:
+    """What the introspection itself did and cost."""
+
+    enabled: bool
+    """False when the worker runs with introspection off (then this snapshot is all there is)."""
+    window_s: float
+    """Span of the rolling windows (`cpu_pct`, `loop_lag_ms`), in seconds."""
+    sample_hz_target: float
+    """How often the watchdog meant to look at the loop."""
+    sample_hz_achieved: float
+    """How often it did, over the window (lower means the watchdog itself was starved)."""
+    errors: int
+    """Errors of the introspection itself (bad frames, failed ticks...) since start."""
+    last_error: str | None
+    """The most recent such error, in words."""
+    steps_per_s: float
+    """Session task steps timed per second over the window (each costs about half a microsecond)."""
+    cost_pct: float
+    """CPU the introspection threads used, as % of one core over the window (the per-step timing on
+    the loop thread is not included: see `steps_per_s`)."""
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """The worker process."""
+
+    worker_id: str
+    """Random id, stable for the worker's life."""
+    pid: int
+    """Process id."""
+    hostname: str
+    """Host name."""
+    started_at: float
+    """Unix time the worker started."""
+    uptime_s: float
+    """Seconds since then."""
+    isolation: str
+    """`coroutine` or `process`."""
+    loop: str
+    """`uvloop` or `asyncio`."""
+    python: str
+    """Python version."""
+    rss_mb: float
+    """Resident set size of the worker process, MB (read at most once a second)."""
+    cpu_pct: float
+    """CPU of the whole process over the window, % of one core."""
+    loop_lag_ms: LoopLag
+    """Event loop lateness."""
+    sessions_active: int
+    """Sessions not finished."""
+    sessions_started: int
+    """Sessions started since the worker started."""
+    sessions_failed: int
+    """Sessions that failed since the worker started."""
+    max_sessions: int | None
+    """The worker's session cap, or None."""
+    draining: bool
+    """True once a drain started: no new sessions."""
+    memory_limit_mb: float | None
+    """RSS above which new sessions are refused, or None."""
+    introspection: IntrospectionInfo
+    """The introspection's own figures."""
+
+
+@dataclass(frozen=True)
+class LastBlock:
+    """The most recent block of one session."""
+
+    ms: float
+    """How long the session held the loop in that step."""
+    at: float
+    """Unix time the block started."""
+    where: str
+    """`path:line in function` of the session's own frame that blocked."""
+
+
+@dataclass(frozen=True)
+class SessionRow:
+    """One session."""
+
+    session_id: str
+    """Session id."""
+    agent: str
+    """Agent name."""
+    tenant: str | None
+    """Tenant, or None."""
+    state: str
+    """`starting | running | draining | ended | failed | cancelled`."""
+    reason: str | None
+    """Why it failed or was cancelled, else None."""
+    pid: int | None
+    """The child's pid in process isolation, None in coroutine mode."""
+    started_at: float
+    """Unix time it started."""
+    duration_s: float
+    """Seconds since it started (or until it ended)."""
+    cpu_pct: float
+    """Share of one core during which its code held the loop thread over the window, %."""
+    cpu_s: float
+    """Seconds its code held the loop thread since it started."""
+    mem_mb: float
+    """Coroutine mode: worker RSS / active sessions (an equal share, not a measurement of this
+    session); process mode: the child's RSS."""
+    peak_mb: float
+    """Largest `mem_mb` seen during its life."""
+    tasks: int
+    """Its tasks still alive."""
+    slow: bool
+    """True for a few seconds after it blocked the loop."""
+    blocks: int
+    """How many times it blocked the loop past the threshold."""
+    last_block: LastBlock | None
+    """Its latest block, or None."""
+
+
+@dataclass(frozen=True)
+class Block:
+    """One time the loop did not turn for longer than the threshold."""
+
+    session_id: str | None
+    """The session whose code held the loop; None for overload or code outside any session."""
+    agent: str | None
+    """Its agent, or None."""
+    ms: float
+    """How long the loop was held (so far, when ongoing)."""
+    at: float
+    """Unix time it started."""
+    where: str
+    """`path:line in function` of the session's own frame; for overload, what happened instead."""
+    stack: list[str]
+    """The frames, innermost last (`path:line in function`); empty when not captured."""
+    ongoing: bool
+    """True while the loop is still held."""
+    kind: str
+    """`session` (one session's step), `overload` (many short steps) or `outside` (no session)."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The worker's introspection state at one instant."""
+
+    schema_version: int
+    """Always `SCHEMA_VERSION` for this code."""
+    at: float
+    """Unix time the snapshot was taken."""
+    worker: WorkerInfo
+    """The worker."""
+    sessions: list[SessionRow]
+    """Active sessions, then recently ended ones (kept `ended_keep_s` seconds)."""
+    blocks: list[Block]
+    """The last blocks, oldest first; an ongoing one last."""
+
+
+ENDED_KEEP_S = 10.0
+"""How long a finished session stays in snapshots."""
+
+T = TypeVar("T")
+
+
+def to_dict(snapshot: Snapshot) -> dict[str, Any]:
+    """Plain dicts and lists, as they cross the socket and as `top --json` prints them."""
+    return asdict(snapshot)
+
+
+def _build(cls: type[T], data: Any, where: str) -> T:
+    if not isinstance(data, dict):
+        raise ProtocolError(f"snapshot field {where} must be a map, got {type(data).__name__}")
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    missing = names - data.keys()
+    if missing:
+        raise ProtocolError(f"snapshot field {where} lacks {', '.join(sorted(missing))}")
+    return cls(**{k: data[k] for k in names})
+
+
+def from_dict(data: Any) -> Snapshot:
+    """Parse a snapshot; a different schema version or a malformed one raises a clear error."""
+    if not isinstance(data, dict):
+        raise ProtocolError(f"snapshot must be a map, got {type(data).__name__}")
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"worker sends snapshot schema version {version!r}; this openrtc reads version {SCHEMA_VERSION}: "
+            "upgrade the older side"
+        )
+    try:
+        worker_data = dict(data["worker"])
+        worker_data["loop_lag_ms"] = _build(LoopLag, worker_data.get("loop_lag_ms"), "worker.loop_lag_ms")
+        worker_data["introspection"] = _build(
+            IntrospectionInfo, worker_data.get("introspection"), "worker.introspection"
+        )
+        worker = _build(WorkerInfo, worker_data, "worker")
+        sessions = []
+        for i, raw in enumerate(data["sessions"]):
+            row = dict(raw)
+            if row.get("last_block") is not None:
+                row["last_block"] = _build(LastBlock, row["last_block"], f"sessions[{i}].last_block")
+            sessions.append(_build(SessionRow, row, f"sessions[{i}]"))
+        blocks = [_build(Block, b, f"blocks[{i}]") for i, b in enumerate(data["blocks"])]
+        return Snapshot(SCHEMA_VERSION, float(data["at"]), worker, sessions, blocks)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ProtocolError(f"malformed snapshot: {type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,146 @@
+"""Building a snapshot from the pool and the monitor. The arithmetic is pure; reading is thread-safe.
+
+Runs on the server thread: it reads only values the loop thread publishes whole (ints, floats,
+tuples, objects replaced rather than mutated) and copies containers with one C-level call.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from openrtc.introspection.monitor import SLOW_FOR_S, WATCHDOG_HZ, Monitor
+from openrtc.introspection.schema import (
+    ENDED_KEEP_S,
+    SCHEMA_VERSION,
+    IntrospectionInfo,
+    LoopLag,
+    SessionRow,
+    Snapshot,
+    WorkerInfo,
+)
+from openrtc.introspection.tagging import live_tasks
+from openrtc.runtime.loops import loop_name
+
+if TYPE_CHECKING:
+    from openrtc.runtime.pool import AgentPool
+    from openrtc.runtime.session import Session
+
+HOSTNAME = socket.gethostname()
+PYTHON = platform.python_version()
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile of already sorted values (0 for none)."""
+    if not sorted_values:
+        return 0.0
+    rank = max(0, min(len(sorted_values) - 1, round(q / 100 * len(sorted_values) + 0.5) - 1))
+    return float(sorted_values[rank])
+
+
+def share_pct(busy_ns_delta: float, span_s: float) -> float:
+    """Busy nanoseconds over a span, as % of one core, clamped to [0, 100]."""
+    return max(0.0, min(100.0, busy_ns_delta / 1e9 / span_s * 100)) if span_s > 0 else 0.0
+
+
+def build_snapshot(
+    pool: AgentPool, monitor: Monitor, server_errors: int, server_error: str | None
+) -> Snapshot:
+    now_wall = time.time()
+    now = time.perf_counter()
+    oldest, span = monitor.window()
+    sessions: list[Session] = list(pool.sessions.values())
+    ended: list[Session] = [
+        s for s in list(pool.recently_ended) if s.ended_at and now - s.ended_at <= ENDED_KEEP_S
+    ]
+    rss = monitor.rss_mb
+    share = rss / len(sessions) if sessions else 0.0
+    rows = [_row(s, monitor, oldest, span, now, share, active=True) for s in sessions]
+    rows += [_row(s, monitor, oldest, span, now, share, active=False) for s in ended]
+
+    lags = sorted(lag for at, lag in list(monitor.lags_ms) if now - at <= span)
+    polls = [t for t in list(monitor.polls) if now - t <= span]
+    cpu_now = os.times()
+    cpu_pct = (cpu_now.user + cpu_now.system - monitor.tick_cpu[oldest]) / span * 100
+    self_cpu = monitor.tick_self_cpu[monitor.tick_index] - monitor.tick_self_cpu[oldest]
+    tick_span = max(1e-9, monitor.tick_times[monitor.tick_index] - monitor.tick_times[oldest])
+    steps = monitor.clock.seq - monitor.tick_steps[oldest]
+    loop = pool.loop
+    worker = WorkerInfo(
+        worker_id=pool.worker_id,
+        pid=os.getpid(),
+        hostname=HOSTNAME,
+        started_at=pool.started_at,
+        uptime_s=round(now_wall - pool.started_at, 3),
+        isolation=pool.config.isolation,
+        loop=loop_name(loop) if loop is not None else "asyncio",
+        python=PYTHON,
+        rss_mb=round(rss, 1),
+        cpu_pct=round(max(0.0, cpu_pct), 1),
+        loop_lag_ms=LoopLag(
+            round(percentile(lags, 50), 2),
+            round(percentile(lags, 99), 2),
+            round(lags[-1] if lags else 0.0, 2),
+        ),
+        sessions_active=len(sessions),
+        sessions_started=pool.sessions_started,
+        sessions_failed=pool.sessions_failed,
+        max_sessions=pool.config.limits.max_sessions,
+        draining=pool.state != "running",
+        memory_limit_mb=pool.config.memory.limit_mb,
+        introspection=IntrospectionInfo(
+            enabled=True,
+            window_s=round(span, 3),
+            sample_hz_target=WATCHDOG_HZ,
+            sample_hz_achieved=round(len(polls) / span, 1),
+            errors=monitor.errors + server_errors,
+            last_error=monitor.last_error or server_error,
+            steps_per_s=round(steps / span, 1),
+            cost_pct=round(self_cpu / tick_span * 100, 2),
+        ),
+    )
+    blocks = list(monitor.blocks)
+    ongoing = monitor.ongoing()
+    if ongoing is not None:
+        blocks.append(ongoing)
+    return Snapshot(SCHEMA_VERSION, now_wall, worker, rows, blocks)
+
+
+def _row(
+    session: Session, monitor: Monitor, oldest: int, span: float, now: float, share: float, active: bool
+) -> SessionRow:
+    stats = session.stats
+    busy = stats.busy_ns if stats is not None else 0
+    ring = stats.cpu_ring if stats is not None else None
+    if active:
+        cpu = share_pct(busy - (ring[oldest] if ring is not None else 0), span)
+        mem = share
+        peak = monitor.peak_share_since(session.started_mono, share)
+        duration = now - session.started_mono
+    else:
+        cpu, mem = 0.0, 0.0
+        peak = monitor.peak_share_since(session.started_mono, 0.0)
+        duration = (session.ended_at or now) - session.started_mono
+    last_block = stats.last_block if stats is not None else None
+    return SessionRow(
+        session_id=session.id,
+        agent=session.agent,
+        tenant=session.tenant,
+        state=session.state.value,
+        reason=session.reason,
+        pid=None,
+        started_at=session.started_at,
+        duration_s=round(duration, 3),
+        cpu_pct=round(cpu, 2),
+        cpu_s=round(busy / 1e9, 4),
+        mem_mb=round(mem, 2),
+        peak_mb=round(peak, 2),
+        tasks=live_tasks(session) if active else 0,
+        slow=stats is not None and stats.blocks > 0 and now - stats.last_block_mono <= SLOW_FOR_S,
+        blocks=stats.blocks if stats is not None else 0,
+        last_block=last_block,
+    )
