@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from types import FrameType
+from typing import Any
 
 import openrtc
 
@@ -37,6 +38,18 @@ def walk(frame: FrameType | None, limit: int = 64) -> list[FrameInfo]:
         out.append(FrameInfo(code.co_filename, frame.f_lineno or 0, code.co_name))
         frame = frame.f_back
     out.reverse()
+    return out
+
+
+def suspended_stack(coro: Any, limit: int = 64) -> list[FrameInfo]:
+    """The frames of a suspended coroutine chain, outermost first (follows `cr_await`)."""
+    out: list[FrameInfo] = []
+    while coro is not None and len(out) < limit:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is None:
+            break
+        out.append(FrameInfo(frame.f_code.co_filename, frame.f_lineno or 0, frame.f_code.co_name))
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
     return out
 
 

@@ -28,8 +28,9 @@ from dataclasses import dataclass
 from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any
 
-from openrtc.introspection.frames import FrameInfo, pick_blame, walk
+from openrtc.introspection.frames import FrameInfo, pick_blame, suspended_stack, walk
 from openrtc.introspection.schema import Block, LastBlock
+from openrtc.introspection import timing
 from openrtc.introspection.timing import SessionStats, StepClock
 
 if TYPE_CHECKING:
@@ -61,6 +62,20 @@ class Capture:
     start_ns: int
     stack: list[FrameInfo]
     blame: FrameInfo | None
+    in_session: bool
+    """False when the loop thread was in openrtc's own step bookkeeping, not in the session's code:
+    the step was long because the thread was paused (OS scheduling, another thread holding the GIL)."""
+
+
+_TIMING_FILE = timing.__file__
+
+
+def in_session_code(stack: list[FrameInfo]) -> bool:
+    """True when frames of the stepped coroutine lie below the step wrapper's frame."""
+    for i in range(len(stack) - 1, -1, -1):
+        if stack[i].filename == _TIMING_FILE:
+            return i < len(stack) - 1
+    return False
 
 
 def _thread_cpu_s(ident: int) -> float:
@@ -197,17 +212,41 @@ class Monitor:
             log.warning("[overload] event loop %.0fms late: %s", late_ns / 1e6, where)
         self.blocks.append(block)
 
-    def _on_long_step(self, stats: SessionStats, seq: int, start_ns: int, own_ns: int) -> None:
+    def _record_paused(self, own_ns: int, capture: Capture) -> None:
+        where = "(loop thread paused outside session code: OS scheduling or another thread held the GIL)"
+        at = time.time() - (perf_counter_ns() - capture.start_ns) / 1e9
+        self.blocks.append(
+            Block(
+                None,
+                None,
+                round(own_ns / 1e6, 1),
+                at,
+                where,
+                [f.display() for f in capture.stack],
+                False,
+                "outside",
+            )
+        )
+        log.warning("[slow-loop] event loop held %.0fms %s", own_ns / 1e6, where)
+
+    def _on_long_step(self, stats: SessionStats, seq: int, start_ns: int, own_ns: int, coro: Any) -> None:
         """A session step held the loop past the threshold (called on the loop thread, when it ends)."""
         session = stats.session
         capture = self._capture
+        if capture is not None and capture.seq == seq and not capture.in_session:
+            self._record_paused(own_ns, capture)
+            return
         if capture is not None and capture.seq == seq:
             stack, blame = capture.stack, capture.blame
-        else:  # too short for the watchdog to look, or it could not get the GIL in time
-            stack, blame = [], None
+            where = _blame_text(blame)
+        else:
+            # The watchdog never got the GIL during the step: a C call held it until the step was
+            # nearly over. The coroutine's suspension point is the best honest clue left.
+            stack = suspended_stack(coro)
+            blame = pick_blame(stack, self._own_dirs(session.agent))
+            where = f"{_blame_text(blame)} (step ended here; a C call held the GIL, no live stack)"
         ms = own_ns / 1e6
         at = time.time() - (perf_counter_ns() - start_ns) / 1e9
-        where = _blame_text(blame)
         block = Block(
             session.id, session.agent, round(ms, 1), at, where, [f.display() for f in stack], False, "session"
         )
@@ -262,12 +301,12 @@ class Monitor:
         if now - self.last_beat_ns > self.threshold_ns + HEARTBEAT_S * 1e9:
             # The loop is held, but by no session step: capture it, to blame it on the heartbeat.
             stack = self._loop_stack()
-            self._outside = Capture(0, None, self.last_beat_ns, stack, pick_blame(stack, ()))
+            self._outside = Capture(0, None, self.last_beat_ns, stack, pick_blame(stack, ()), False)
 
     def _capture_step(self, session: Any, seq: int, start_ns: int) -> Capture:
         stack = self._loop_stack()
         blame = pick_blame(stack, self._own_dirs(session.agent))
-        return Capture(seq, session, start_ns, stack, blame)
+        return Capture(seq, session, start_ns, stack, blame, in_session_code(stack))
 
     def _loop_stack(self) -> list[FrameInfo]:
         frame = sys._current_frames().get(self._loop_thread_id)
@@ -277,7 +316,7 @@ class Monitor:
         """The block in progress, if the loop is held right now by a step the watchdog has seen."""
         capture = self._capture
         current = self.clock.current
-        if capture is None or current is None or current[4] != capture.seq:
+        if capture is None or current is None or current[4] != capture.seq or not capture.in_session:
             return None
         held_ms = (perf_counter_ns() - capture.start_ns) / 1e6
         at = time.time() - held_ms / 1000

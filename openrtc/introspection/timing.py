@@ -46,7 +46,7 @@ class StepClock:
     __slots__ = ("current", "max_step_ns", "on_long_step", "seq", "threshold_ns")
 
     def __init__(
-        self, threshold_ns: int, on_long_step: Callable[[SessionStats, int, int, int], None]
+        self, threshold_ns: int, on_long_step: Callable[[SessionStats, int, int, int, Any], None]
     ) -> None:
         self.current: Frame | None = None
         """The innermost step running now, or None between steps."""
@@ -56,7 +56,7 @@ class StepClock:
         """Longest step since the heartbeat last reset it."""
         self.threshold_ns = threshold_ns
         self.on_long_step = on_long_step
-        """Called on the loop thread as (stats, seq, start_ns, own_ns) after a step over the threshold."""
+        """Called on the loop thread as (stats, seq, start_ns, own_ns, coro) after an over-long step."""
 
 
 class TimedCoroutine(collections.abc.Coroutine):  # type: ignore[type-arg]
@@ -93,7 +93,7 @@ class TimedCoroutine(collections.abc.Coroutine):  # type: ignore[type-arg]
             stats.steps += 1
             clock.max_step_ns = max(clock.max_step_ns, own)
             if own > clock.threshold_ns:
-                clock.on_long_step(stats, seq, start, own)
+                clock.on_long_step(stats, seq, start, own, self._coro)
 
     def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
         clock = self._clock
@@ -119,7 +119,7 @@ class TimedCoroutine(collections.abc.Coroutine):  # type: ignore[type-arg]
             stats.steps += 1
             clock.max_step_ns = max(clock.max_step_ns, own)
             if own > clock.threshold_ns:
-                clock.on_long_step(stats, seq, start, own)
+                clock.on_long_step(stats, seq, start, own, self._coro)
 
     # CPython's tasks step a non-native coroutine with next() when sending None: same code, no extra call.
     __next__ = send
