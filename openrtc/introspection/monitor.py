@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any
 
+from openrtc.introspection import timing
 from openrtc.introspection.frames import FrameInfo, pick_blame, suspended_stack, walk
 from openrtc.introspection.schema import Block, LastBlock
-from openrtc.introspection import timing
 from openrtc.introspection.timing import SessionStats, StepClock
 
 if TYPE_CHECKING:
