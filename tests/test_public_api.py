@@ -39,6 +39,7 @@ def test_public_module_attributes_are_exactly_all() -> None:
         "errors",
         "runtime",
         "introspection",
+        "top",
         "cli",
     }
     assert public == EXPECTED - {"__version__"}

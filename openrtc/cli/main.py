@@ -18,6 +18,7 @@ from typing import Any
 from openrtc import __version__
 from openrtc.cli.env import WORKER_TWINS, env_defaults, non_negative_float, positive_float, positive_int
 from openrtc.errors import ConfigError, OpenRTCError, RemoteError, WorkerNotFound
+from openrtc.top.view import SORT_KEYS, STATES
 
 log = logging.getLogger("openrtc.cli")
 
@@ -156,6 +157,20 @@ def build_parser(worker_defaults: dict[str, Any] | None = None) -> argparse.Argu
     )
     lst.add_argument("agents_dir", metavar="AGENTS_DIR")
     lst.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    top = sub.add_parser(
+        "top",
+        help="show every session of every local worker (--once: print one snapshot)",
+        description="Show the sessions of every worker of this user. --once prints one snapshot as a "
+        "table (or JSON with --json) and exits: 0 on success, 1 when no worker answers.",
+    )
+    top.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    top.add_argument("--json", action="store_true", help="with --once: print the snapshot schema as JSON")
+    top.add_argument("--socket", type=Path, metavar="PATH", help="one worker's socket (default: all workers)")
+    top.add_argument("--sort", choices=SORT_KEYS, default="cpu", help="sort sessions by (default: cpu)")
+    top.add_argument("--agent", help="only sessions of this agent")
+    top.add_argument("--tenant", help="only sessions of this tenant")
+    top.add_argument("--status", choices=STATES, help="only sessions in this state")
+
     demo = sub.add_parser(
         "demo",
         help="run a worker on agents_example/ with a steady mixed load",
@@ -193,6 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _dispatch(parser, args)
     if args.command == "list":
         return _list(args)
+    if args.command == "top":
+        return _top(parser, args)
     if args.command == "demo":
         from openrtc.cli.demo import run_demo
 
@@ -293,6 +310,18 @@ def _pick_worker(workers: Sequence[Any]) -> Path:
         raise WorkerNotFound("every running worker is draining")
     best: Path = max(accepting, key=free).socket_path
     return best
+
+
+def _top(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from openrtc.top.once import run_once
+    from openrtc.top.view import Filters
+
+    if not args.once:
+        parser.error("the live view is not built yet; use `openrtc top --once`")
+    if args.json and not args.once:
+        parser.error("--json needs --once")
+    filters = Filters(agent=args.agent, tenant=args.tenant, status=args.status)
+    return run_once(args.socket, args.json, filters, args.sort)
 
 
 def _list(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import collections
+import gc
 import logging
 import os
 import sys
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from openrtc.introspection import timing
 from openrtc.introspection.frames import FrameInfo, pick_blame, suspended_stack, walk
 from openrtc.introspection.schema import Block, LastBlock
-from openrtc.introspection.timing import SessionStats, StepClock
+from openrtc.introspection.timing import SessionStats, StepClock, TimedCoroutine
 
 if TYPE_CHECKING:
     from openrtc.runtime.session import Session
@@ -51,13 +52,16 @@ SLOW_FOR_S = 5.0
 MAX_BLOCKS = 100
 """Blocks kept per worker."""
 RING = int(WINDOW_S / TICK_S) + 1
+GC_NOTE_NS = 1_000_000
+"""Garbage collections longer than this are remembered, to be taken out of the step they fell in."""
 
 
 @dataclass
 class Capture:
     """What the watchdog saw of one long step while it ran."""
 
-    seq: int
+    step: Any
+    """The step's wrapper (`TimedCoroutine`), or None for code outside any session."""
     session: Any
     start_ns: int
     stack: list[FrameInfo]
@@ -115,7 +119,7 @@ class Monitor:
         self.polls: collections.deque[float] = collections.deque(maxlen=int(WATCHDOG_HZ * WINDOW_S * 2))
         # heartbeat state (written on the loop thread)
         self.last_beat_ns = perf_counter_ns()
-        self._beat_seq = 0
+        self._beat_long_steps = 0
         self.lags_ms: collections.deque[tuple[float, float]] = collections.deque(
             maxlen=int(WINDOW_S / HEARTBEAT_S)
         )
@@ -125,13 +129,15 @@ class Monitor:
         self.tick_times: list[float] = [0.0] * RING
         self.tick_cpu: list[float] = [0.0] * RING
         self.tick_self_cpu: list[float] = [0.0] * RING
-        self.tick_steps: list[int] = [0] * RING
         self.tick_index = 0
         self.ticks = 0
         self.rss_mb = 0.0
         self._rss_at = 0.0
         # Peak of the equal share since any time: (mono, share), shares strictly decreasing.
         self.share_peaks: list[tuple[float, float]] = []
+        # garbage collection pauses (written by whichever thread collects)
+        self._gc_started_ns = 0
+        self.gc_pauses: collections.deque[tuple[int, int]] = collections.deque(maxlen=64)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._loop_thread_id = 0
@@ -149,10 +155,13 @@ class Monitor:
         self.tick_times[:] = [now] * RING
         self.tick_cpu[:] = [cpu.user + cpu.system] * RING
         self._schedule_beat()
+        gc.callbacks.append(self._on_gc)
         self._thread = threading.Thread(target=self._run, name="openrtc-watchdog", daemon=True)
         self._thread.start()
 
     def close(self) -> None:
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
         self._stop.set()
         if self._timer is not None:
             self._timer.cancel()
@@ -177,27 +186,28 @@ class Monitor:
         late_ns = max(0, now - self._expected_ns)
         self.lags_ms.append((time.perf_counter(), late_ns / 1e6))
         clock = self.clock
-        if late_ns > self.threshold_ns and clock.max_step_ns <= self.threshold_ns:
-            steps = clock.seq - self._beat_seq
-            self._record_unblamed(late_ns, steps, clock.max_step_ns)
-        clock.max_step_ns = 0
-        self._beat_seq = clock.seq
+        late_ns -= self._gc_within(self.last_beat_ns, now)  # reported by the gc callback already
+        if late_ns > self.threshold_ns and clock.long_steps == self._beat_long_steps:
+            # No long step explains the delay: code outside any session if no session step even
+            # started meanwhile, else many short steps (overload).
+            self._record_unblamed(late_ns, outside=clock.started_ns < self.last_beat_ns)
+        self._beat_long_steps = clock.long_steps
         self.last_beat_ns = now
         self._outside = None
         if not self._stop.is_set():
             self._schedule_beat()
 
-    def _record_unblamed(self, late_ns: int, steps: int, longest_ns: int) -> None:
-        outside = self._outside
+    def _record_unblamed(self, late_ns: int, outside: bool) -> None:
+        capture = self._outside
         at = time.time() - late_ns / 1e9
-        if outside is not None and steps <= 1:
+        if outside and capture is not None:
             block = Block(
                 None,
                 None,
                 round(late_ns / 1e6, 1),
                 at,
-                _blame_text(outside.blame),
-                [f.display() for f in outside.stack],
+                _blame_text(capture.blame),
+                [f.display() for f in capture.stack],
                 False,
                 "outside",
             )
@@ -207,7 +217,7 @@ class Monitor:
                 block.where,
             )
         else:
-            where = f"overload: {steps} session steps, longest {longest_ns / 1e6:.1f} ms"
+            where = f"overload: loop {late_ns / 1e6:.0f} ms late, no single step over the threshold"
             block = Block(None, None, round(late_ns / 1e6, 1), at, where, [], False, "overload")
             log.warning("[overload] event loop %.0fms late: %s", late_ns / 1e6, where)
         self.blocks.append(block)
@@ -229,20 +239,47 @@ class Monitor:
         )
         log.warning("[slow-loop] event loop held %.0fms %s", own_ns / 1e6, where)
 
-    def _on_long_step(self, stats: SessionStats, seq: int, start_ns: int, own_ns: int, coro: Any) -> None:
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        # Kept tiny: it runs on every collection. Only pauses long enough to matter are recorded.
+        if phase == "start":
+            self._gc_started_ns = perf_counter_ns()
+            return
+        end = perf_counter_ns()
+        if end - self._gc_started_ns > GC_NOTE_NS:
+            self.gc_pauses.append((self._gc_started_ns, end))
+            if end - self._gc_started_ns > self.threshold_ns:
+                ms = (end - self._gc_started_ns) / 1e6
+                gen, freed = info.get("generation"), info.get("collected")
+                where = f"garbage collection of generation {gen} ({freed} freed)"
+                self.blocks.append(
+                    Block(None, None, round(ms, 1), time.time() - ms / 1000, where, [], False, "gc")
+                )
+                log.warning("[slow-gc] %s held the event loop for %.0fms", where, ms)
+
+    def _gc_within(self, start_ns: int, end_ns: int) -> int:
+        return sum(max(0, min(e, end_ns) - max(s, start_ns)) for s, e in list(self.gc_pauses))
+
+    def _on_long_step(self, step: TimedCoroutine, start_ns: int, own_ns: int) -> None:
         """A session step held the loop past the threshold (called on the loop thread, when it ends)."""
+        self.clock.long_steps += 1
+        # A garbage collection that ran inside the step is nobody's fault: it is reported on its own.
+        own_ns -= self._gc_within(start_ns, perf_counter_ns())
+        if own_ns <= self.threshold_ns:
+            return
+        stats = step.stats
         session = stats.session
         capture = self._capture
-        if capture is not None and capture.seq == seq and not capture.in_session:
+        same = capture is not None and capture.step is step and capture.start_ns == start_ns
+        if same and capture is not None and not capture.in_session:
             self._record_paused(own_ns, capture)
             return
-        if capture is not None and capture.seq == seq:
+        if same and capture is not None:
             stack, blame = capture.stack, capture.blame
             where = _blame_text(blame)
         else:
             # The watchdog never got the GIL during the step: a C call held it until the step was
             # nearly over. The coroutine's suspension point is the best honest clue left.
-            stack = suspended_stack(coro)
+            stack = suspended_stack(step.wrapped)
             blame = pick_blame(stack, self._own_dirs(session.agent))
             where = f"{_blame_text(blame)} (step ended here; a C call held the GIL, no live stack)"
         ms = own_ns / 1e6
@@ -292,21 +329,22 @@ class Monitor:
 
     def _poll(self) -> None:
         now = perf_counter_ns()
-        current = self.clock.current
-        if current is not None:
-            stats, _, _, start_ns, seq = current[:]  # one C-level copy: a consistent view
-            if now - start_ns > self.threshold_ns:
-                self._capture = self._capture_step(stats.session, seq, start_ns)
+        clock = self.clock
+        start_ns, step = clock.started_ns, clock.current
+        if step is not None:
+            if now - start_ns > self.threshold_ns and clock.started_ns == start_ns and clock.current is step:
+                self._capture = self._capture_step(step, start_ns)
             return
         if now - self.last_beat_ns > self.threshold_ns + HEARTBEAT_S * 1e9:
             # The loop is held, but by no session step: capture it, to blame it on the heartbeat.
             stack = self._loop_stack()
             self._outside = Capture(0, None, self.last_beat_ns, stack, pick_blame(stack, ()), False)
 
-    def _capture_step(self, session: Any, seq: int, start_ns: int) -> Capture:
+    def _capture_step(self, step: TimedCoroutine, start_ns: int) -> Capture:
+        session = step.stats.session
         stack = self._loop_stack()
         blame = pick_blame(stack, self._own_dirs(session.agent))
-        return Capture(seq, session, start_ns, stack, blame, in_session_code(stack))
+        return Capture(step, session, start_ns, stack, blame, in_session_code(stack))
 
     def _loop_stack(self) -> list[FrameInfo]:
         frame = sys._current_frames().get(self._loop_thread_id)
@@ -315,8 +353,15 @@ class Monitor:
     def ongoing(self) -> Block | None:
         """The block in progress, if the loop is held right now by a step the watchdog has seen."""
         capture = self._capture
-        current = self.clock.current
-        if capture is None or current is None or current[4] != capture.seq or not capture.in_session:
+        step = self.clock.current
+        if (
+            capture is None
+            or step is None
+            or step is not capture.step
+            or self.clock.started_ns != capture.start_ns
+        ):
+            return None
+        if not capture.in_session:
             return None
         held_ms = (perf_counter_ns() - capture.start_ns) / 1e6
         at = time.time() - held_ms / 1000
@@ -337,7 +382,6 @@ class Monitor:
         cpu = os.times()
         self.tick_cpu[i] = cpu.user + cpu.system
         self.tick_self_cpu[i] = time.thread_time() + sum(map(_thread_cpu_s, self._other_threads()))
-        self.tick_steps[i] = self.clock.seq
         self.ticks += 1
         sessions = self._sessions()
         for session in sessions:

@@ -41,11 +41,9 @@ class IntrospectionInfo:
     """Errors of the introspection itself (bad frames, failed ticks...) since start."""
     last_error: str | None
     """The most recent such error, in words."""
-    steps_per_s: float
-    """Session task steps timed per second over the window (each costs about half a microsecond)."""
     cost_pct: float
     """CPU the introspection threads used, as % of one core over the window (the per-step timing on
-    the loop thread is not included: see `steps_per_s`)."""
+    the loop thread is not included: it is measured by the overhead benchmark)."""
 
 
 @dataclass(frozen=True)
@@ -160,7 +158,8 @@ class Block:
     ongoing: bool
     """True while the loop is still held."""
     kind: str
-    """`session` (one session's step), `overload` (many short steps) or `outside` (no session)."""
+    """`session` (one session's step), `overload` (many short steps, no single culprit), `outside`
+    (code outside any session, or the loop thread paused) or `gc` (a garbage collection)."""
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,6 @@ def build_snapshot(
     cpu_pct = (cpu_now.user + cpu_now.system - monitor.tick_cpu[oldest]) / span * 100
     self_cpu = monitor.tick_self_cpu[monitor.tick_index] - monitor.tick_self_cpu[oldest]
     tick_span = max(1e-9, monitor.tick_times[monitor.tick_index] - monitor.tick_times[oldest])
-    steps = monitor.clock.seq - monitor.tick_steps[oldest]
     loop = pool.loop
     worker = WorkerInfo(
         worker_id=pool.worker_id,
@@ -99,7 +98,6 @@ def build_snapshot(
             sample_hz_achieved=round(len(polls) / span, 1),
             errors=monitor.errors + server_errors,
             last_error=monitor.last_error or server_error,
-            steps_per_s=round(steps / span, 1),
             cost_pct=round(self_cpu / tick_span * 100, 2),
         ),
     )

@@ -19,7 +19,7 @@ from collections.abc import Coroutine, Generator
 from contextvars import Context
 from typing import Any
 
-from openrtc.introspection.timing import StepClock, TimedCoroutine
+from openrtc.introspection.timing import NestedTimedCoroutine, StepClock, TimedCoroutine
 from openrtc.runtime.session import Session, current_session
 
 TaskFactory = Any  # asyncio's own annotation for task factories differs across 3.11-3.13
@@ -60,6 +60,8 @@ def _make_factory(previous: TaskFactory | None, clock: StepClock | None) -> Task
     # runs for every task the worker creates, and each extra Python call or attribute look-up shows.
     get_session = current_session.get
     new_task = asyncio.Task
+    # Another factory underneath may start tasks eagerly, nesting one step in another.
+    timed = TimedCoroutine if previous is None else NestedTimedCoroutine
 
     def factory(
         loop: asyncio.AbstractEventLoop,
@@ -71,7 +73,7 @@ def _make_factory(previous: TaskFactory | None, clock: StepClock | None) -> Task
         if context is None:
             session = get_session()
             if clock is not None and session is not None and session.stats is not None:
-                coro = TimedCoroutine(coro, session.stats, clock)
+                coro = timed(coro, session.stats, clock)
             if previous is None:
                 task = new_task(coro, loop=loop, **kwargs)
             else:
@@ -79,7 +81,7 @@ def _make_factory(previous: TaskFactory | None, clock: StepClock | None) -> Task
         else:
             session = context.get(current_session)
             if clock is not None and session is not None and session.stats is not None:
-                coro = TimedCoroutine(coro, session.stats, clock)
+                coro = timed(coro, session.stats, clock)
             if previous is None:
                 task = new_task(coro, loop=loop, context=context, **kwargs)
             else:

@@ -282,3 +282,26 @@ def test_snapshot_rows_and_worker_figures(run_loop: Any, sock_home: Path) -> Non
     info = parsed.worker.introspection
     assert info.enabled and info.sample_hz_target == 50 and 20 < info.sample_hz_achieved <= 55
     assert parsed.worker.loop_lag_ms.max < 50
+
+
+def test_garbage_collection_is_not_blamed_on_the_session_it_fell_in(run_loop: Any, sock_home: Path) -> None:
+    import gc
+
+    async def collector(session: Session) -> None:
+        await asyncio.sleep(0.02)
+        gc.collect()  # with the heap below, a full collection takes longer than the threshold
+
+    async def main() -> dict[str, Any]:
+        heap = [[[i] for i in range(100)] for _ in range(20_000)]  # many tracked containers
+        try:
+            async with AgentPool(drain_timeout_s=0.2, slow_session_threshold_ms=5) as pool:
+                pool.add("collector", collector)
+                await (await pool.start_session("collector"))
+                return snapshot_of(pool)
+        finally:
+            del heap
+
+    snap = run_loop(main())
+    kinds = [b["kind"] for b in snap["blocks"]]
+    assert "gc" in kinds and "session" not in kinds, snap["blocks"]
+    assert all(row["blocks"] == 0 for row in snap["sessions"])

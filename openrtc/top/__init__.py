@@ -1,0 +1,1 @@
+"""`openrtc top`: the operator's view of every local worker. `--once` never imports Textual."""

@@ -1,0 +1,49 @@
+"""`openrtc top --once`: fetch one snapshot from each worker and print it, as text or JSON."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from openrtc.errors import OpenRTCError
+from openrtc.introspection.client import WorkerClient, find_workers
+from openrtc.introspection.schema import Snapshot, from_dict, to_dict
+from openrtc.top.view import Filters, render_text
+
+
+def fetch_snapshots(socket: Path | None, timeout: float = 5.0) -> list[Snapshot]:
+    """One snapshot per live worker (or from `socket`); raises `WorkerNotFound` when none answers."""
+    paths = [socket] if socket is not None else [w.socket_path for w in find_workers(timeout=timeout)]
+    snapshots = []
+    for path in paths:
+        with WorkerClient(path, timeout=timeout) as client:
+            snapshots.append(from_dict(client.request("snapshot")))
+    return snapshots
+
+
+def run_once(socket: Path | None, as_json: bool, filters: Filters, sort: str) -> int:
+    try:
+        snapshots = fetch_snapshots(socket)
+    except OpenRTCError as exc:
+        print(f"openrtc top: {exc}", file=sys.stderr)
+        return 1
+    if as_json:
+        docs = [_filtered(to_dict(s), filters) for s in snapshots]
+        print(json.dumps(docs[0] if len(docs) == 1 else docs, indent=2))
+    else:
+        sys.stdout.write(render_text(snapshots, filters, sort))
+    return 0
+
+
+def _filtered(doc: dict[str, object], filters: Filters) -> dict[str, object]:
+    rows = doc["sessions"]
+    assert isinstance(rows, list)
+    doc["sessions"] = [
+        r
+        for r in rows
+        if (filters.agent is None or r["agent"] == filters.agent)
+        and (filters.tenant is None or r["tenant"] == filters.tenant)
+        and (filters.status is None or r["state"] == filters.status)
+    ]
+    return doc
