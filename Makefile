@@ -25,6 +25,7 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_runtime.py
+	$(BIN)/python benchmarks/bench_introspection.py
 
 clean:
 	rm -rf .venv .venv-* .pytest_cache .mypy_cache .ruff_cache

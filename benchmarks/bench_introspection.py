@@ -242,7 +242,6 @@ def false_positives(loop_kind: str, seconds: float, sessions: int = 1000) -> dic
                 "session_blocks": kinds.get("session", 0),
                 "other_blocks": {k: v for k, v in kinds.items() if k != "session"},
                 "loop_lag_ms": snap["worker"]["loop_lag_ms"],
-                "steps_per_s": snap["worker"]["introspection"]["steps_per_s"],
             }
 
     return run(loop_kind, main())
@@ -388,32 +387,56 @@ def latency(loop_kind: str, sessions: int, n: int) -> dict[str, Any]:
 # -- 4. overhead ------------------------------------------------------------------------------------
 
 
-def overhead(loop_kind: str, rounds: int, window_s: float, sessions: int = 1000) -> dict[str, Any]:
-    """Turns of a 1,000-session mixed load per second, introspection on vs off, alternating windows."""
-    done = [0]
+def _spin(seconds: float) -> None:
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        pass
 
-    async def mixed(session: Session) -> None:
-        kind = session.metadata["kind"]
-        while not session.draining.is_set():
-            if kind == "cpu":  # voice-like: ~100 us of work per frame
-                started = time.perf_counter()
-                while time.perf_counter() - started < 0.0001:
-                    pass
-                await asyncio.sleep(0)
-            elif kind == "chatty":  # many tiny steps with a child task per turn
-                await asyncio.create_task(asyncio.sleep(0))
-            else:  # chat-like: waits on I/O, then a little work
+
+async def realistic(session: Session, done: list[int]) -> None:
+    """Agent-shaped work: voice frames with DSP, chat turns with token handling and a tool call, lookups."""
+    kind = session.metadata["kind"]
+    while not session.draining.is_set():
+        if kind == "voice":  # a 20 ms frame, ~150 us of signal processing
+            _spin(0.00015)
+            await asyncio.sleep(0.02)
+        elif kind == "chat":  # wait for the model, handle the tokens, call a tool in a child task
+            await asyncio.sleep(0.05)
+            _spin(0.0002)
+
+            async def tool() -> None:
+                _spin(0.0001)
                 await asyncio.sleep(0.01)
-                sum(range(200))
-            done[0] += 1
+
+            await asyncio.create_task(tool())
+        else:  # support lookups
+            await asyncio.sleep(0.1)
+            _spin(0.00005)
+        done[0] += 1
+
+
+async def tiny(session: Session, done: list[int]) -> None:
+    """Worst case for per-step timing: steps of a few microseconds, a child task every turn."""
+    while not session.draining.is_set():
+        await asyncio.create_task(asyncio.sleep(0))
+        done[0] += 1
+
+
+def overhead(loop_kind: str, rounds: int, window_s: float, load: str, sessions: int = 1000) -> dict[str, Any]:
+    """Work units per second of a 1,000-session load, introspection on vs off, alternating windows."""
+    done = [0]
+    body = realistic if load == "realistic" else tiny
+    kinds = (["voice"] * 300 + ["chat"] * 400 + ["support"] * 300)[:sessions]
+
+    async def agent(session: Session) -> None:
+        await body(session, done)
 
     async def window(enabled: bool) -> tuple[float, float | None]:
         async with AgentPool(enable_introspection=enabled, drain_timeout_s=2) as pool:
-            pool.add("mixed", mixed)
-            kinds = ["cpu"] * 200 + ["chatty"] * 300 + ["io"] * 500
-            for kind in kinds[:sessions]:
-                await pool.start_session("mixed", metadata={"kind": kind})
-            await asyncio.sleep(0.5)  # warm up
+            pool.add("load", agent)
+            for kind in kinds:
+                await pool.start_session("load", metadata={"kind": kind})
+            await asyncio.sleep(1.0)  # warm up
             start_count, started = done[0], time.perf_counter()
             await asyncio.sleep(window_s)
             rate = (done[0] - start_count) / (time.perf_counter() - started)
@@ -437,8 +460,9 @@ def overhead(loop_kind: str, rounds: int, window_s: float, sessions: int = 1000)
                     hz.append(achieved)
         ratios = [a / b for a, b in zip(on, off, strict=True)]
         return {
-            "turns_per_s_on": round(statistics.median(on)),
-            "turns_per_s_off": round(statistics.median(off)),
+            "load": load,
+            "units_per_s_on": round(statistics.median(on)),
+            "units_per_s_off": round(statistics.median(off)),
             "ratio_on_off_median": round(statistics.median(ratios), 4),
             "ratios": [round(r, 4) for r in ratios],
             "watchdog_hz_achieved": round(statistics.median(hz), 1),
@@ -472,7 +496,10 @@ def main() -> None:
         if "latency" in sections:
             out["latency"] = latency(loop_kind, 1000, 30 if q else 200)
         if "overhead" in sections:
-            out["overhead"] = overhead(loop_kind, 2 if q else 6, 2.0 if q else 4.0)
+            out["overhead"] = {
+                load: overhead(loop_kind, 2 if q else 6, 2.0 if q else 4.0, load)
+                for load in ("realistic", "tiny")
+            }
         report[loop_kind] = out
         print(json.dumps({loop_kind: out}, indent=1), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """`openrtc demo`: a worker on `agents_example/` in a child process, driven by a steady mixed load.
 
-Until `openrtc top` exists, the demo prints the worker's counters every few seconds.
+Until the live `openrtc top` exists, the demo prints what `openrtc top --once` shows every few seconds.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from pathlib import Path
 from openrtc.errors import OpenRTCError, RemoteError
 from openrtc.introspection.client import WorkerClient
 from openrtc.introspection.paths import ensure_private_dir, socket_dir
+from openrtc.introspection.schema import from_dict
+from openrtc.top.view import Filters, render_text
 
 # What a realistic mix looks like: mostly healthy sessions, a few misbehaving ones.
 LOAD_MIX = {"chat": 40, "voice": 25, "support": 20, "blocking_fixed": 10, "blocking": 5}
@@ -26,7 +28,7 @@ def default_agents_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "agents_example"
 
 
-def run_demo(agents: Path | None, duration: float | None, rate: float, status_every: float = 2.0) -> int:
+def run_demo(agents: Path | None, duration: float | None, rate: float, status_every: float = 5.0) -> int:
     folder = agents or default_agents_dir()
     if not folder.is_dir():
         print(f"openrtc demo: agents folder {folder} not found; pass --agents DIR", file=sys.stderr)
@@ -94,11 +96,9 @@ def _drive(
             print(f"dispatch {agent}: {exc}", flush=True)
         now = time.monotonic()
         if now >= next_status:
-            hello = client.request("hello")
+            snapshot = from_dict(client.request("snapshot"))
             print(
-                f"t={now - started:5.0f}s  active={hello['sessions_active']:4d}  "
-                f"started={hello['sessions_started']:5d}  failed={hello['sessions_failed']:3d}",
-                flush=True,
+                f"\n--- t={now - started:.0f}s ---\n{render_text([snapshot], Filters(), 'cpu')}", flush=True
             )
             next_status += status_every
         next_start += interval

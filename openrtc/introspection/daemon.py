@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 from openrtc.errors import OpenRTCError, SessionRefused, UnknownAgentError
 from openrtc.introspection.monitor import Monitor
 from openrtc.introspection.paths import bind_worker_socket, ensure_private_dir, socket_dir
-from openrtc.introspection.schema import to_dict
 from openrtc.introspection.server import Respond, Server
 from openrtc.introspection.snapshot import build_snapshot
 from openrtc.introspection.wire import PROTOCOL_VERSION, error_reply, ok_reply
@@ -94,10 +93,9 @@ class Daemon:
 
     def snapshot(self) -> dict[str, Any]:
         stats = self._server.stats if self._server is not None else None
-        snap = build_snapshot(
+        return build_snapshot(
             self._pool, self.monitor, stats.errors if stats else 0, stats.last_error if stats else None
         )
-        return to_dict(snap)
 
     # -- ops (run on the daemon thread) ---------------------------------------------------------
 

@@ -11,7 +11,7 @@ import platform
 import socket
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from openrtc.introspection.monitor import SLOW_FOR_S, WATCHDOG_HZ, Monitor
 from openrtc.introspection.schema import (
@@ -19,9 +19,8 @@ from openrtc.introspection.schema import (
     SCHEMA_VERSION,
     IntrospectionInfo,
     LoopLag,
-    SessionRow,
-    Snapshot,
     WorkerInfo,
+    plain,
 )
 from openrtc.introspection.tagging import live_tasks
 from openrtc.runtime.loops import loop_name
@@ -49,7 +48,12 @@ def share_pct(busy_ns_delta: float, span_s: float) -> float:
 
 def build_snapshot(
     pool: AgentPool, monitor: Monitor, server_errors: int, server_error: str | None
-) -> Snapshot:
+) -> dict[str, Any]:
+    """The snapshot in its wire form (what `schema.to_dict` would give for the `Snapshot` it describes).
+
+    Session rows are built as dicts directly: this runs on every `snapshot` request, holding the GIL,
+    and a dataclass per row doubled its cost. `tests/introspection` checks the keys against `SessionRow`.
+    """
     now_wall = time.time()
     now = time.perf_counter()
     oldest, span = monitor.window()
@@ -105,16 +109,22 @@ def build_snapshot(
     ongoing = monitor.ongoing()
     if ongoing is not None:
         blocks.append(ongoing)
-    return Snapshot(SCHEMA_VERSION, now_wall, worker, rows, blocks)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "at": now_wall,
+        "worker": plain(worker),
+        "sessions": rows,
+        "blocks": [plain(b) for b in blocks],
+    }
 
 
 def _row(
     session: Session, monitor: Monitor, oldest: int, span: float, now: float, share: float, active: bool
-) -> SessionRow:
+) -> dict[str, Any]:
     stats = session.stats
     busy = stats.busy_ns if stats is not None else 0
-    ring = stats.cpu_ring if stats is not None else None
     if active:
+        ring = stats.cpu_ring if stats is not None else None
         cpu = share_pct(busy - (ring[oldest] if ring is not None else 0), span)
         mem = share
         peak = monitor.peak_share_since(session.started_mono, share)
@@ -124,21 +134,21 @@ def _row(
         peak = monitor.peak_share_since(session.started_mono, 0.0)
         duration = (session.ended_at or now) - session.started_mono
     last_block = stats.last_block if stats is not None else None
-    return SessionRow(
-        session_id=session.id,
-        agent=session.agent,
-        tenant=session.tenant,
-        state=session.state.value,
-        reason=session.reason,
-        pid=None,
-        started_at=session.started_at,
-        duration_s=round(duration, 3),
-        cpu_pct=round(cpu, 2),
-        cpu_s=round(busy / 1e9, 4),
-        mem_mb=round(mem, 2),
-        peak_mb=round(peak, 2),
-        tasks=live_tasks(session) if active else 0,
-        slow=stats is not None and stats.blocks > 0 and now - stats.last_block_mono <= SLOW_FOR_S,
-        blocks=stats.blocks if stats is not None else 0,
-        last_block=last_block,
-    )
+    return {
+        "session_id": session.id,
+        "agent": session.agent,
+        "tenant": session.tenant,
+        "state": session.state.value,
+        "reason": session.reason,
+        "pid": None,
+        "started_at": session.started_at,
+        "duration_s": round(duration, 3),
+        "cpu_pct": round(cpu, 2),
+        "cpu_s": round(busy / 1e9, 4),
+        "mem_mb": round(mem, 2),
+        "peak_mb": round(peak, 2),
+        "tasks": live_tasks(session) if active else 0,
+        "slow": stats is not None and stats.blocks > 0 and now - stats.last_block_mono <= SLOW_FOR_S,
+        "blocks": stats.blocks if stats is not None else 0,
+        "last_block": plain(last_block) if last_block is not None else None,
+    }

@@ -249,3 +249,70 @@ def test_dev_reloads_saved_files(agents_dir: Path, sock_home: Path, workers: lis
     worker.dispatch("talk")
     worker.wait_for_log("running version 2", count=2)
     assert worker.stop() == 0
+
+
+BLOCKER = """\
+import asyncio
+import time
+
+
+async def entrypoint(session):
+    await asyncio.sleep(0.05)
+    time.sleep(0.2)  # BLOCKS
+    await session.draining.wait()
+"""
+
+
+def test_top_once_text_and_json(example_agents: Path, sock_home: Path, workers: list[Worker]) -> None:
+    import os
+
+    write_agent(example_agents, "blocker", BLOCKER)
+    worker = Worker("start", example_agents, sock_home)
+    workers.append(worker)
+    worker.ready()
+    (blocker,) = worker.dispatch("blocker").stdout.split()
+    polite = worker.dispatch("polite", "--count", "2", "--tenant", "acme").stdout.split()
+    worker.wait_for_log("[slow-session]")
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(sock_home)}
+
+    text = run_cli("top", "--once", env=env)
+    assert text.returncode == 0, text.stderr
+    assert text.stdout.startswith(f"worker {__import__('socket').gethostname()}:{worker.proc.pid} ")
+    assert f"{blocker[:8]}  blocker" in text.stdout and "blocker.py:7 in entrypoint" in text.stdout
+    assert "\x1b[" not in text.stdout  # no colour when not a TTY
+
+    data = json.loads(run_cli("top", "--once", "--json", "--agent", "polite", env=env).stdout)
+    assert data["schema_version"] == 1 and data["worker"]["pid"] == worker.proc.pid
+    assert sorted(r["session_id"] for r in data["sessions"]) == sorted(polite)
+    assert all(r["tenant"] == "acme" for r in data["sessions"])
+    (block,) = [b for b in data["blocks"] if b["kind"] == "session"]
+    assert block["session_id"] == blocker and block["where"].endswith("blocker.py:7 in entrypoint")
+    assert 190 < block["ms"] < 400
+
+
+def test_top_once_without_worker_exits_1(sock_home: Path) -> None:
+    import os
+
+    out = run_cli("top", "--once", env={**os.environ, "XDG_RUNTIME_DIR": str(sock_home)})
+    assert out.returncode == 1 and "no worker running" in out.stderr and out.stdout == ""
+
+
+def test_demo_runs_and_leaves_nothing_behind(sock_home: Path) -> None:
+    import os
+
+    import psutil
+
+    out = run_cli(
+        "demo",
+        "--duration",
+        "6",
+        "--rate",
+        "10",
+        env={**os.environ, "XDG_RUNTIME_DIR": str(sock_home)},
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "demo worker pid" in out.stdout and "SESSION   AGENT" in out.stdout
+    pid = int(out.stdout.split("demo worker pid ")[1].split()[0])
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert not list((sock_home / "openrtc").glob("*.sock"))

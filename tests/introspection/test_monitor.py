@@ -269,6 +269,13 @@ def test_snapshot_rows_and_worker_figures(run_loop: Any, sock_home: Path) -> Non
             return snapshot_of(pool)
 
     snap = run_loop(main())
+    from dataclasses import fields
+
+    from openrtc.introspection.schema import Block, SessionRow, WorkerInfo
+
+    assert all(list(row) == [f.name for f in fields(SessionRow)] for row in snap["sessions"])
+    assert list(snap["worker"]) == [f.name for f in fields(WorkerInfo)]
+    assert all(list(b) == [f.name for f in fields(Block)] for b in snap["blocks"])
     parsed = from_dict(snap)  # the schema round-trips
     assert parsed.worker.sessions_active == 4 and parsed.worker.sessions_failed == 1
     assert parsed.worker.max_sessions == 50 and parsed.worker.memory_limit_mb == 4096

@@ -87,3 +87,36 @@ def test_remove_if_dead_needs_a_refused_connect(tmp_path: Path) -> None:
         assert path.exists()
     finally:
         listener.close()
+
+
+def test_another_user_cannot_connect(tmp_path: Path) -> None:
+    """A real second user (uid 65534, `nobody`) is refused by the folder's and the socket's modes."""
+    import shutil
+    import subprocess
+    import sys
+
+    if os.getuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to act as a second user")
+    home = tmp_path / "run"
+    home.mkdir()
+    home.chmod(0o755)  # the parent is open: only openrtc's own folder and socket modes protect it
+    tmp_path.chmod(0o755)
+    path = ensure_private_dir(home / "openrtc") / "1.sock"
+    listener = bind_worker_socket(path)
+    try:
+        code = (
+            "import socket, sys\n"
+            "s = socket.socket(socket.AF_UNIX)\n"
+            f"try:\n    s.connect({str(path)!r})\nexcept PermissionError:\n    print('refused')\n"
+            "else:\n    print('CONNECTED')\n"
+        )
+        out = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-I", "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert out.stdout.strip() == "refused", (out.stdout, out.stderr)
+    finally:
+        listener.close()

@@ -1,0 +1,67 @@
+"""`top`'s pure parts: filtering, sorting, formatting, and the schema's own checks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from openrtc import ProtocolError, SchemaVersionError
+from openrtc.introspection.schema import LastBlock, SessionRow, from_dict
+from openrtc.top.view import Filters, cpu_bar, fmt_age, select
+
+
+def row(sid: str, **kw: Any) -> SessionRow:
+    base: dict[str, Any] = dict(
+        session_id=sid,
+        agent="a",
+        tenant=None,
+        state="running",
+        reason=None,
+        pid=None,
+        started_at=0.0,
+        duration_s=1.0,
+        cpu_pct=0.0,
+        cpu_s=0.0,
+        mem_mb=1.0,
+        peak_mb=1.0,
+        tasks=1,
+        slow=False,
+        blocks=0,
+        last_block=None,
+    )
+    base.update(kw)
+    return SessionRow(**base)
+
+
+def test_select_filters_and_sorts_slow_first() -> None:
+    rows = [
+        row("a", cpu_pct=5.0),
+        row("b", cpu_pct=50.0, agent="voice"),
+        row("c", cpu_pct=1.0, slow=True, blocks=2, last_block=LastBlock(300, 0, "x.py:3 in f")),
+        row("d", state="failed", tenant="acme"),
+    ]
+    assert [r.session_id for r in select(rows, Filters(), "cpu")] == ["c", "b", "a", "d"]
+    assert [r.session_id for r in select(rows, Filters(agent="voice"), "cpu")] == ["b"]
+    assert [r.session_id for r in select(rows, Filters(status="failed"), "cpu")] == ["d"]
+    assert [r.session_id for r in select(rows, Filters(tenant="acme"), "cpu")] == ["d"]
+    assert [r.session_id for r in select(rows, Filters(search="x.py"), "cpu")] == ["c"]
+
+
+def test_formatting_helpers() -> None:
+    assert [fmt_age(s) for s in (5, 65, 3700)] == ["5s", "1m05s", "1h01m"]
+    assert cpu_bar(0) == ".........." and cpu_bar(55) == "######...." and cpu_bar(250) == "##########"
+
+
+def test_schema_version_mismatch_names_both_versions() -> None:
+    with pytest.raises(SchemaVersionError, match="schema version 2; this openrtc reads version 1"):
+        from_dict({"schema_version": 2})
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [[], {"schema_version": 1}, {"schema_version": 1, "at": 0, "worker": {}, "sessions": [], "blocks": []}],
+)
+def test_malformed_snapshots_are_errors_not_empty_views(doc: Any) -> None:
+    with pytest.raises(ProtocolError):
+        from_dict(doc)
