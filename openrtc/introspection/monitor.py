@@ -52,6 +52,9 @@ SLOW_FOR_S = 5.0
 MAX_BLOCKS = 100
 """Blocks kept per worker."""
 RING = int(WINDOW_S / TICK_S) + 1
+HANDOVER_SLICE_S = 0.0005
+HANDOVER_MAX_S = 0.03
+"""At most this much loop time per heartbeat goes to letting a starved server thread run."""
 GC_NOTE_NS = 1_000_000
 """Garbage collections longer than this are remembered, to be taken out of the step they fell in."""
 
@@ -124,6 +127,9 @@ class Monitor:
             maxlen=int(WINDOW_S / HEARTBEAT_S)
         )
         self._timer: asyncio.TimerHandle | None = None
+        self.other_thread_wants_gil: Callable[[], bool] | None = None
+        """Set by the daemon: true while the socket server has a request it could not finish."""
+        self.handovers = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         # tick state (written by the watchdog thread)
         self.tick_times: list[float] = [0.0] * RING
@@ -194,8 +200,20 @@ class Monitor:
         self._beat_long_steps = clock.long_steps
         self.last_beat_ns = now
         self._outside = None
+        if self.other_thread_wants_gil is not None and self.other_thread_wants_gil():
+            self._hand_over_gil()
         if not self._stop.is_set():
             self._schedule_beat()
+
+    def _hand_over_gil(self) -> None:
+        # Sleep in short slices: each releases the GIL for a whole slice, so the starved thread takes
+        # it and finishes its request; the loop pays at most HANDOVER_MAX_S per heartbeat, and only
+        # while someone is asking.
+        wants = self.other_thread_wants_gil
+        deadline = time.perf_counter() + HANDOVER_MAX_S
+        while wants is not None and wants() and time.perf_counter() < deadline:
+            time.sleep(HANDOVER_SLICE_S)
+        self.handovers += 1
 
     def _record_unblamed(self, late_ns: int, outside: bool) -> None:
         capture = self._outside

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import select
 import selectors
 import socket
 import threading
@@ -78,15 +79,10 @@ class Server:
         self,
         listener: socket.socket,
         ops: dict[str, OpHandler],
-        *,
-        tick: Callable[[], None] | None = None,
-        tick_interval: float = 1.0,
     ) -> None:
         self.stats = ServerStats()
         self._listener = listener
         self._ops = ops
-        self._tick = tick
-        self._tick_interval = tick_interval
         self._sel = selectors.DefaultSelector()
         self._conns: dict[int, _Conn] = {}
         self._replies: collections.deque[tuple[_Conn, bytes]] = collections.deque()
@@ -95,6 +91,8 @@ class Server:
         self._wake_w.setblocking(False)
         self._stop = threading.Event()
         self._serving_thread: threading.Thread | None = None
+        self.busy = False
+        """True while the server thread handles events (between two `select` calls)."""
 
     def stop(self) -> None:
         """Ask `serve_forever` to return; safe from any thread."""
@@ -111,25 +109,28 @@ class Server:
         self._listener.setblocking(False)
         self._sel.register(self._listener, selectors.EVENT_READ, None)
         self._sel.register(self._wake_r, selectors.EVENT_READ, None)
-        next_tick = time.monotonic()
         try:
             while not self._stop.is_set():
-                now = time.monotonic()
-                if self._tick is not None and now >= next_tick:
-                    self._run_tick()
-                    next_tick = now + self._tick_interval
-                timeout = max(0.0, next_tick - time.monotonic()) if self._tick is not None else 1.0
-                for key, events in self._sel.select(min(timeout, 1.0)):
+                self.busy = False
+                ready = self._sel.select(1.0)
+                self.busy = True
+                for key, events in ready:
                     if key.fileobj is self._listener:
                         self._accept()
                     elif key.fileobj is self._wake_r:
                         self._drain_wakeups()
                     else:
                         conn: _Conn = key.data
-                        if events & selectors.EVENT_READ:
-                            self._read(conn)
-                        if events & selectors.EVENT_WRITE and not conn.closed:
-                            self._flush(conn)
+                        try:
+                            if events & selectors.EVENT_READ:
+                                self._read(conn)
+                            if events & selectors.EVENT_WRITE and not conn.closed:
+                                self._flush(conn)
+                        except Exception as exc:
+                            # A bug here must cost one connection, never the server (or the worker).
+                            self.stats.record_error(f"connection dropped: {type(exc).__name__}: {exc}")
+                            log.exception("socket server error")
+                            self._close(conn)
                 self._reap_idle()
         finally:
             for conn in list(self._conns.values()):
@@ -138,14 +139,22 @@ class Server:
             self._wake_r.close()
             self._wake_w.close()
 
-    def _run_tick(self) -> None:
-        assert self._tick is not None
+    def wants_gil(self) -> bool:
+        """True when the server has work it has not finished. Called from the loop thread.
+
+        A loop saturated with short steps releases the GIL for an instant at every `select` and takes
+        it straight back, so a thread waiting for the GIL can starve for seconds (a GIL convoy). Work
+        is pending when the server is mid-request or one of its sockets is readable (the kernel keeps
+        saying so until the server reads it).
+        """
+        if self.busy:
+            return True
+        fds = [self._listener.fileno(), self._wake_r.fileno(), *list(self._conns)]
         try:
-            self._tick()
-        except Exception as exc:
-            # The tick (memory polling...) must never kill the server; count it and say it.
-            self.stats.record_error(f"periodic task failed: {type(exc).__name__}: {exc}")
-            log.exception("introspection periodic task failed")
+            readable, _, _ = select.select(fds, [], [], 0)
+        except (OSError, ValueError):  # a socket closed meanwhile: assume work
+            return True
+        return bool(readable)
 
     def _accept(self) -> None:
         while True:
