@@ -73,7 +73,7 @@ def _make_factory(previous: TaskFactory | None, clock: StepClock | None) -> Task
         if context is None:
             session = get_session()
             if clock is not None and session is not None and session.stats is not None:
-                coro = timed(coro, session.stats, clock)
+                coro = timed((coro, session.stats, clock))
             if previous is None:
                 task = new_task(coro, loop=loop, **kwargs)
             else:
@@ -81,7 +81,7 @@ def _make_factory(previous: TaskFactory | None, clock: StepClock | None) -> Task
         else:
             session = context.get(current_session)
             if clock is not None and session is not None and session.stats is not None:
-                coro = timed(coro, session.stats, clock)
+                coro = timed((coro, session.stats, clock))
             if previous is None:
                 task = new_task(coro, loop=loop, context=context, **kwargs)
             else:
