@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench snapshots-update clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# After a deliberate change of how `top` looks: rewrite the screenshots, then review their diff.
+snapshots-update: $(STAMP)
+	$(BIN)/python -m pytest tests/top/test_snapshots.py --snapshot-update
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_runtime.py

@@ -58,7 +58,7 @@ def _worker_flags(parser: argparse.ArgumentParser) -> None:
         type=positive_float,
         default=50.0,
         metavar="MS",
-        help="loop stall that counts as a block (stall watchdog: coming) [OPENRTC_SLOW_THRESHOLD_MS]",
+        help="loop stall that counts as a block [OPENRTC_SLOW_THRESHOLD_MS] (default: 50)",
     )
     g.add_argument(
         "--memory-warn-mb",
@@ -159,11 +159,19 @@ def build_parser(worker_defaults: dict[str, Any] | None = None) -> argparse.Argu
     lst.add_argument("--json", action="store_true", help="print JSON instead of a table")
     top = sub.add_parser(
         "top",
-        help="show every session of every local worker (--once: print one snapshot)",
-        description="Show the sessions of every worker of this user. --once prints one snapshot as a "
-        "table (or JSON with --json) and exits: 0 on success, 1 when no worker answers.",
+        help="live view of every session of every local worker (--once: print one snapshot)",
+        description="Live view of the sessions of every worker of this user (press ? in it for the keys). "
+        "--once prints one snapshot as a table (or JSON with --json) and exits: 0 on success, 1 when no "
+        "worker answers. The table has no colour when stdout is not a terminal or NO_COLOR is set.",
     )
     top.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    top.add_argument(
+        "--refresh",
+        type=positive_float,
+        default=1.0,
+        metavar="S",
+        help="live view: seconds between refreshes (default: 1)",
+    )
     top.add_argument("--json", action="store_true", help="with --once: print the snapshot schema as JSON")
     top.add_argument("--socket", type=Path, metavar="PATH", help="one worker's socket (default: all workers)")
     top.add_argument("--sort", choices=SORT_KEYS, default="cpu", help="sort sessions by (default: cpu)")
@@ -316,12 +324,17 @@ def _top(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from openrtc.top.once import run_once
     from openrtc.top.view import Filters
 
-    if not args.once:
-        parser.error("the live view is not built yet; use `openrtc top --once`")
     if args.json and not args.once:
         parser.error("--json needs --once")
     filters = Filters(agent=args.agent, tenant=args.tenant, status=args.status)
-    return run_once(args.socket, args.json, filters, args.sort)
+    if args.once:
+        color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+        return run_once(args.socket, args.json, filters, args.sort, color=color)
+    from openrtc.top.app import make_app
+    from openrtc.top.source import LiveSource
+
+    make_app(LiveSource(args.socket), args.refresh, args.sort, filters).run()
+    return 0
 
 
 def _list(args: argparse.Namespace) -> int:

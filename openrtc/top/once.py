@@ -22,7 +22,7 @@ def fetch_snapshots(socket: Path | None, timeout: float = 5.0) -> list[Snapshot]
     return snapshots
 
 
-def run_once(socket: Path | None, as_json: bool, filters: Filters, sort: str) -> int:
+def run_once(socket: Path | None, as_json: bool, filters: Filters, sort: str, color: bool = False) -> int:
     try:
         snapshots = fetch_snapshots(socket)
     except OpenRTCError as exc:
@@ -32,7 +32,7 @@ def run_once(socket: Path | None, as_json: bool, filters: Filters, sort: str) ->
         docs = [_filtered(to_dict(s), filters) for s in snapshots]
         print(json.dumps(docs[0] if len(docs) == 1 else docs, indent=2))
     else:
-        sys.stdout.write(render_text(snapshots, filters, sort))
+        sys.stdout.write(render_text(snapshots, filters, sort, color))
     return 0
 
 

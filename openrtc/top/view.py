@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from openrtc.introspection.schema import Block, SessionRow, Snapshot
 
@@ -27,22 +28,25 @@ class Filters:
 
 def select(rows: Sequence[SessionRow], filters: Filters, sort: str = "cpu") -> list[SessionRow]:
     """Rows that pass `filters`, sorted by `sort` (descending, except `agent`), slow ones first."""
-    out = [
-        r
-        for r in rows
-        if (filters.agent is None or r.agent == filters.agent)
-        and (filters.tenant is None or r.tenant == filters.tenant)
-        and (filters.status is None or r.state == filters.status)
-        and (filters.search is None or _matches(r, filters.search))
-    ]
-    return sorted(out, key=lambda r: (not r.slow, _sort_key(r, sort), r.session_id))
+    out = [r for r in rows if passes(r, filters)]
+    return sorted(out, key=lambda r: order_key(r, sort))
 
 
-def _sort_key(row: SessionRow, sort: str) -> float | str:
+def passes(row: SessionRow, filters: Filters) -> bool:
+    return (
+        (filters.agent is None or row.agent == filters.agent)
+        and (filters.tenant is None or row.tenant == filters.tenant)
+        and (filters.status is None or row.state == filters.status)
+        and (filters.search is None or _matches(row, filters.search))
+    )
+
+
+def order_key(row: SessionRow, sort: str) -> tuple[bool, float | str, str]:
+    """Where `row` goes: slow sessions first, then by `sort` (descending, except `agent`)."""
     if sort == "agent":
-        return row.agent
+        return (not row.slow, row.agent, row.session_id)
     value = {"cpu": row.cpu_pct, "mem": row.mem_mb, "age": row.duration_s, "blocks": float(row.blocks)}[sort]
-    return -value
+    return (not row.slow, -value, row.session_id)
 
 
 def _matches(row: SessionRow, text: str) -> bool:
@@ -119,21 +123,67 @@ def row_cells(r: SessionRow) -> tuple[str, ...]:
     )
 
 
-def render_text(snapshots: Sequence[Snapshot], filters: Filters, sort: str) -> str:
-    """The plain table `top --once` prints: per worker a header, a pinned stall if any, then sessions."""
+BOLD, RED, RESET = "\x1b[1m", "\x1b[31m", "\x1b[0m"
+
+
+def render_text(snapshots: Sequence[Snapshot], filters: Filters, sort: str, color: bool = False) -> str:
+    """The plain table `top --once` prints: per worker a header, a pinned stall if any, then sessions.
+
+    With `color`, headers are bold and the stall and slow sessions red (ANSI escapes).
+    """
+
+    def paint(text: str, *codes: str) -> str:
+        return "".join(codes) + text + RESET if color else text
+
     lines: list[str] = []
     for snap in snapshots:
-        lines.append(worker_line(snap))
+        lines.append(paint(worker_line(snap), BOLD))
         stall = ongoing_stall(snap)
         if stall is not None:
             who = f"session {stall.session_id} ({stall.agent})" if stall.session_id else "no session"
-            lines.append(f"STALL NOW {stall.ms:.0f}ms by {who} at {stall.where}")
-        rows = [row_cells(r) for r in select(snap.sessions, filters, sort)]
+            lines.append(paint(f"STALL NOW {stall.ms:.0f}ms by {who} at {stall.where}", BOLD, RED))
+        selected = select(snap.sessions, filters, sort)
+        rows = [row_cells(r) for r in selected]
         table = [COLUMNS, *rows]
         widths = [max(len(row[i]) for row in table) for i in range(len(COLUMNS))]
-        for row in table:
-            lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+        for i, row in enumerate(table):
+            line = "  ".join(cell.ljust(widths[j]) for j, cell in enumerate(row)).rstrip()
+            lines.append(paint(line, RED) if i and selected[i - 1].slow else line)
         if not rows:
             lines.append("(no session matches)")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+Cells = tuple[str | bool, ...]
+
+
+@dataclass(frozen=True)
+class TablePlan:
+    """The session table one refresh wants: computed off the UI thread, then applied as a diff."""
+
+    rows: dict[str, tuple[Path, SessionRow]]
+    """Per row key (`<socket>|<session id>`): the worker's socket and the session."""
+    cells: dict[str, Cells]
+    """Per row key: the worker label and `row_cells`, then `slow` and `state` (which set the styles)."""
+    order: list[str]
+    """The row keys in display order."""
+
+
+def plan_table(
+    workers: Iterable[tuple[Path, Snapshot]], filters: Filters, sort: str, only: Path | None = None
+) -> TablePlan:
+    """The rows of every worker's snapshot (or only the worker at `only`) that pass `filters`, sorted."""
+    rows: dict[str, tuple[Path, SessionRow]] = {}
+    cells: dict[str, Cells] = {}
+    for path, snapshot in workers:
+        if only is not None and path != only:
+            continue
+        prefix, label = f"{path}|", str(snapshot.worker.pid)
+        for row in snapshot.sessions:
+            if passes(row, filters):
+                key = prefix + row.session_id
+                rows[key] = (path, row)
+                cells[key] = (label, *row_cells(row), row.slow, row.state)
+    order = sorted(rows, key=lambda k: order_key(rows[k][1], sort))
+    return TablePlan(rows, cells, order)

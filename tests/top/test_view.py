@@ -8,7 +8,9 @@ import pytest
 
 from openrtc import ProtocolError, SchemaVersionError
 from openrtc.introspection.schema import LastBlock, SessionRow, from_dict
+from openrtc.top.app import make_app
 from openrtc.top.view import Filters, cpu_bar, fmt_age, select
+from tests.top.fakes import source
 
 
 def row(sid: str, **kw: Any) -> SessionRow:
@@ -65,3 +67,10 @@ def test_schema_version_mismatch_names_both_versions() -> None:
 def test_malformed_snapshots_are_errors_not_empty_views(doc: Any) -> None:
     with pytest.raises(ProtocolError):
         from_dict(doc)
+
+
+def test_make_app_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="refresh_s"):
+        make_app(source(), refresh_s=0)
+    with pytest.raises(ValueError, match="sort must be one of"):
+        make_app(source(), sort="nope")

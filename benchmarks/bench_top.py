@@ -1,0 +1,149 @@
+"""`openrtc top` with many sessions (issue 4): how long one refresh of the live view takes.
+
+A real worker with N idle sessions runs in a child process; this process reads it through the same
+`LiveSource` the CLI uses and drives the real Textual app headless (Pilot), refreshing every
+`--refresh` seconds while the cursor moves. It reports the fetch (socket + decode, off the UI thread),
+the in-place table update on the UI thread (`apply`), and how late a 10 ms timer fires on the UI's
+event loop meanwhile (what a user feels as stutter).
+
+Run: `.venv/bin/python benchmarks/bench_top.py [--sessions 10000] [--seconds 15]`; JSON goes to
+benchmarks/out/top.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from openrtc.top.app import make_app
+from openrtc.top.source import Fetch, LiveSource
+from openrtc.top.view import TablePlan
+
+ROOT = Path(__file__).resolve().parents[1]
+
+WORKER = """
+import asyncio, sys
+from openrtc import AgentPool
+
+async def idle(session):
+    await session.draining.wait()
+
+async def main():
+    async with AgentPool(socket_path=sys.argv[1], drain_timeout_s=5) as pool:
+        pool.add("idle", idle)
+        for i in range(int(sys.argv[2])):
+            await pool.start_session("idle", tenant=f"t{i % 7}")
+        print("ready", flush=True)
+        await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+def pcts(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    return {
+        "p50": round(statistics.median(ordered), 1),
+        "p99": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 1),
+        "max": round(ordered[-1], 1),
+        "n": len(ordered),
+    }
+
+
+async def drive(source: LiveSource, refresh_s: float, seconds: float) -> dict[str, Any]:
+    fetch_ms: list[float] = []
+    apply_ms: list[float] = []
+    lag_ms: list[float] = []
+
+    class Timed:
+        folder = source.folder
+        cancel = source.cancel
+
+        def fetch(self) -> Fetch:
+            started = time.perf_counter()
+            out = source.fetch()
+            fetch_ms.append((time.perf_counter() - started) * 1000)
+            return out
+
+    app = make_app(Timed(), refresh_s=refresh_s)
+    original_apply = app.apply
+
+    def timed_apply(fetch: Fetch, plan: TablePlan | None = None) -> None:
+        started = time.perf_counter()
+        original_apply(fetch, plan)
+        apply_ms.append((time.perf_counter() - started) * 1000)
+
+    app.apply = timed_apply  # type: ignore[method-assign]
+    async with app.run_test(size=(160, 50)) as pilot:
+        while app.refreshes < 1:
+            if not app.is_running:
+                raise RuntimeError("the app stopped before its first refresh")
+            await pilot.pause(0.05)
+        first_apply = apply_ms[0]
+        deadline = time.perf_counter() + seconds
+        table = app.query_one("#sessions")
+
+        async def probe() -> None:
+            # How late a 10 ms timer fires on the UI's loop: the stutter a user would feel.
+            while True:
+                started = time.perf_counter()
+                await asyncio.sleep(0.01)
+                lag_ms.append((time.perf_counter() - started) * 1000 - 10)
+
+        prober = asyncio.create_task(probe())
+        while time.perf_counter() < deadline:
+            await pilot.press("down")
+            await pilot.pause(0.05)
+        prober.cancel()
+        rows = table.row_count  # type: ignore[attr-defined]
+    return {
+        "rows": rows,
+        "first_apply_ms": round(first_apply, 1),
+        "fetch_ms": pcts(fetch_ms),
+        "apply_ms": pcts(apply_ms[1:]),
+        "ui_loop_lag_ms": pcts(lag_ms),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sessions", type=int, default=10_000)
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--refresh", type=float, default=1.0)
+    args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="ortc-bench-"))
+    os.chmod(home, 0o700)
+    sock = home / "w.sock"
+    child = subprocess.Popen(
+        [sys.executable, "-c", WORKER, str(sock), str(args.sessions)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        result = asyncio.run(drive(LiveSource(sock, timeout=10.0), args.refresh, args.seconds))
+    finally:
+        child.terminate()
+        child.wait(30)
+    out = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, Python {platform.python_version()}",
+        "date": time.strftime("%Y-%m-%d"),
+        "sessions": args.sessions,
+        "refresh_s": args.refresh,
+        **result,
+    }
+    print(json.dumps(out, indent=2))
+    (ROOT / "benchmarks" / "out").mkdir(exist_ok=True)
+    (ROOT / "benchmarks" / "out" / "top.json").write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

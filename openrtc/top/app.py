@@ -1,0 +1,509 @@
+"""`openrtc top`: the live Textual view over the workers' snapshots.
+
+The app reads only through a `Source` (the real sockets, or fixed snapshots in tests), fetched from a
+thread so a slow worker never freezes the screen. Each refresh updates the session table in place: rows
+that left are removed, new rows added, changed cells rewritten, then the rows are re-ranked with one
+sort; the table itself only renders what is on screen, which keeps 10,000 sessions smooth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from dataclasses import replace
+from pathlib import Path
+
+from rich.markup import escape
+from rich.text import Text
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical, VerticalScroll
+from textual.screen import ModalScreen, Screen
+from textual.widgets import Footer, Input, Static
+
+from openrtc.errors import OpenRTCError
+from openrtc.introspection.schema import Block, SessionRow, Snapshot
+from openrtc.top.source import Fetch, Source, WorkerView
+from openrtc.top.table import Cell, RowCells, SessionTable
+from openrtc.top.view import (
+    SORT_KEYS,
+    STATES,
+    Filters,
+    TablePlan,
+    fmt_age,
+    ongoing_stall,
+    plan_table,
+    worker_line,
+)
+
+COLUMNS: tuple[tuple[str, int], ...] = (
+    ("WORKER", 7),
+    ("SESSION", 8),
+    ("AGENT", 12),
+    ("TENANT", 10),
+    ("STATE", 10),
+    ("AGE", 6),
+    ("CPU%", 5),
+    ("", 10),
+    ("MEM", 6),
+    ("PEAK", 6),
+    ("TASKS", 5),
+    ("BLOCKS", 6),
+    ("LAST BLOCK", 30),
+)
+
+HELP = """\
+[b]openrtc top[/b]: every session of every local worker, refreshed every {refresh:g}s.
+
+[b]Sort[/b]     s cycle   c CPU   m memory   o age   b blocks   n agent
+[b]Filter[/b]   / search   f state   a agent   t tenant   w worker   x clear all
+[b]Session[/b]  enter details (every field, recent blocks with stacks)   k cancel (asks first)
+[b]View[/b]     p pause/resume   ? this help   q quit
+
+Slow sessions (blocked the loop in the last 5 s) are red and listed first. A stall in progress is
+pinned above the table with its live duration and the line it is stuck on.
+"""
+
+
+def _worker_label(view: WorkerView) -> str:
+    return str(view.snapshot.worker.pid) if view.snapshot is not None else view.socket_path.stem
+
+
+def style_row(key: str, cells: RowCells) -> list[Cell]:
+    """A plan's cells (worker, `row_cells`..., slow, state) as drawn: bar in colour, slow rows in red."""
+    *texts, slow, state = (str(c) for c in cells)
+    out: list[Cell] = [(text, "") for text in texts]
+    cpu = float(texts[6])
+    out[7] = (
+        texts[7].replace("#", "█").replace(".", "·"),
+        "red" if cpu >= 50 else "yellow" if cpu >= 20 else "green",
+    )
+    if slow == "True":
+        out[4] = (texts[4], "bold red")
+        out[12] = (texts[12], "red")
+    elif state in ("failed", "cancelled"):
+        out[4] = (texts[4], "yellow")
+    elif state == "ended":
+        out[4] = (texts[4], "dim")
+    return out
+
+
+def stall_text(view: WorkerView, stall: Block) -> Text:
+    who = f"session {stall.session_id} ({stall.agent})" if stall.session_id else "no session"
+    text = Text(f" STALL NOW {stall.ms:,.0f} ms ", style="bold white on red")
+    text.append(f" worker {_worker_label(view)}: {who} is stuck at ", style="bold red")
+    text.append(stall.where, style="bold")
+    return text
+
+
+def detail_text(view: WorkerView, row: SessionRow, snapshot: Snapshot) -> Text:
+    """Every field of one session, then its recent blocks with full stacks, newest first."""
+    text = Text()
+    text.append(f"session {row.session_id}\n", style="bold")
+    fields = [
+        ("worker", f"{snapshot.worker.hostname}:{snapshot.worker.pid} ({view.socket_path})"),
+        ("agent", row.agent),
+        ("tenant", row.tenant or "-"),
+        ("state", row.state + (f" ({row.reason})" if row.reason else "")),
+        ("pid", str(row.pid) if row.pid is not None else "- (runs in the worker)"),
+        ("age", fmt_age(row.duration_s)),
+        ("cpu", f"{row.cpu_pct:.1f}% of one core over {snapshot.worker.introspection.window_s:g}s"),
+        ("cpu time", f"{row.cpu_s:.3f}s since start"),
+        ("memory", f"{row.mem_mb:.1f} MB (equal share of the worker's RSS), peak {row.peak_mb:.1f} MB"),
+        ("tasks", str(row.tasks)),
+        ("slow", "yes (blocked the loop in the last 5 s)" if row.slow else "no"),
+        ("blocks", str(row.blocks)),
+    ]
+    if row.last_block is not None:
+        fields.append(("last block", f"{row.last_block.ms:.0f} ms at {row.last_block.where}"))
+    for name, value in fields:
+        text.append(f"  {name:<11}", style="dim")
+        text.append(f"{value}\n")
+    blocks = [b for b in reversed(snapshot.blocks) if b.session_id == row.session_id]
+    text.append(f"\nrecent blocks ({len(blocks)} in the worker's last 100)\n", style="bold")
+    if not blocks:
+        text.append("  none\n", style="dim")
+    for block in blocks:
+        head = "ONGOING " if block.ongoing else ""
+        text.append(f"\n  {head}{block.ms:,.0f} ms at {block.where}\n", style="bold red")
+        for frame in block.stack:
+            text.append(f"      {frame}\n")
+    return text
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape,q,question_mark", "dismiss", "close")]
+
+    def __init__(self, refresh_s: float) -> None:
+        super().__init__()
+        self._refresh_s = refresh_s
+
+    def compose(self) -> ComposeResult:
+        yield Static(HELP.format(refresh=self._refresh_s), id="help")
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    BINDINGS = [
+        Binding("y", "answer(True)", "yes"),
+        Binding("n,escape", "answer(False)", "no"),
+    ]
+
+    def __init__(self, question: str) -> None:
+        super().__init__()
+        self._question = question
+
+    def compose(self) -> ComposeResult:
+        yield Static(f"{self._question}\n\n[b]y[/b] yes    [b]n[/b] no", id="confirm")
+
+    def action_answer(self, yes: bool) -> None:
+        self.dismiss(yes)
+
+
+class SessionScreen(Screen[None]):
+    """One session in full; follows the refreshes while open."""
+
+    BINDINGS = [
+        Binding("escape,q", "app.pop_screen", "back"),
+        Binding("k", "app.cancel_session", "cancel session"),
+    ]
+
+    def __init__(self, key: str, text: Text) -> None:
+        super().__init__()
+        self.key = key
+        self._text = text
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll():
+            yield Static(self._text, id="detail")
+        yield Footer()
+
+    def show(self, text: Text) -> None:
+        self.query_one("#detail", Static).update(text)
+
+
+class TopApp(App[None]):
+    """The live view. Build it with `make_app`."""
+
+    TITLE = "openrtc top"
+    AUTO_FOCUS = "#sessions"
+    CSS = """
+    #workers { height: auto; padding: 0 1; }
+    #stall { height: auto; padding: 0 1; display: none; }
+    #status { height: 1; padding: 0 1; background: $boost; }
+    #empty { height: 1fr; content-align: center middle; display: none; }
+    #search { display: none; }
+    #sessions { height: 1fr; }
+    #help, #confirm { width: auto; max-width: 100; height: auto; padding: 1 2; border: thick $accent;
+                      background: $surface; }
+    HelpScreen, ConfirmScreen { align: center middle; }
+    """
+    BINDINGS = [
+        Binding("q", "quit", "quit"),
+        Binding("question_mark", "help", "help"),
+        # A priority binding runs before the key reaches the focused table, so the keys typed right
+        # after `/` (already queued, or pasted) land in the search box rather than in the table.
+        Binding("slash", "search", "search", priority=True),
+        Binding("s", "cycle_sort", "sort"),
+        Binding("f", "cycle_filter('status')", "state"),
+        Binding("a", "cycle_filter('agent')", "agent"),
+        Binding("t", "cycle_filter('tenant')", "tenant"),
+        Binding("w", "cycle_worker", "worker"),
+        Binding("x", "clear_filters", "clear"),
+        Binding("enter", "open_session", "details"),
+        Binding("k", "cancel_session", "cancel"),
+        Binding("p", "toggle_pause", "pause"),
+        Binding("c", "sort('cpu')", "CPU", show=False),
+        Binding("m", "sort('mem')", "memory", show=False),
+        Binding("o", "sort('age')", "age", show=False),
+        Binding("b", "sort('blocks')", "blocks", show=False),
+        Binding("n", "sort('agent')", "agent", show=False),
+    ]
+
+    def __init__(self, source: Source, refresh_s: float, sort: str, filters: Filters) -> None:
+        super().__init__()
+        self.source = source
+        self.refresh_s = refresh_s
+        self.sort = sort
+        self.filters = filters
+        self.worker_focus: Path | None = None
+        """Only this worker's sessions; None shows all workers merged."""
+        self.paused = False
+        self.fetch: Fetch | None = None
+        self.refreshes = 0
+        """Refreshes applied so far (tests wait on it)."""
+        self._where: dict[str, tuple[WorkerView, SessionRow]] = {}
+        self._fetching = False
+
+    # -- layout -----------------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Static(id="workers")
+            yield Static(id="stall")
+            yield Static(id="status")
+            yield Input(
+                placeholder="search id, agent, tenant or blocking line; enter applies, esc clears",
+                id="search",
+            )
+            yield Static(id="empty")
+            yield SessionTable(COLUMNS, style_row, id="sessions")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.set_interval(self.refresh_s, self._tick)
+        self._tick()
+
+    # -- data -------------------------------------------------------------------------------------
+
+    def _tick(self) -> None:
+        if not self.paused and not self._fetching:
+            self.run_worker(self.refresh_now(), group="fetch", exclusive=False)
+
+    async def refresh_now(self) -> None:
+        """Fetch from the source (in a thread) and show the result."""
+        if self._fetching:
+            return
+        self._fetching = True
+        try:
+            fetch, plan = await asyncio.to_thread(self._fetch_and_plan)
+        except Exception as exc:
+            # A source bug must not kill the view: say it and try again at the next tick.
+            self.notify(f"refresh failed: {type(exc).__name__}: {exc}", severity="error")
+            return
+        finally:
+            self._fetching = False
+        if plan[0] != self._plan_inputs():  # a key changed the filters meanwhile: plan again
+            plan = (self._plan_inputs(), self._plan(fetch))
+        self.apply(fetch, plan[1])
+
+    def _plan_inputs(self) -> tuple[Filters, str, Path | None]:
+        return (self.filters, self.sort, self.worker_focus)
+
+    def _plan(self, fetch: Fetch) -> TablePlan:
+        live = [(v.socket_path, v.snapshot) for v in fetch.workers if v.snapshot is not None and not v.gone]
+        return plan_table(live, self.filters, self.sort, self.worker_focus)
+
+    def _fetch_and_plan(self) -> tuple[Fetch, tuple[tuple[Filters, str, Path | None], TablePlan]]:
+        # Runs in a thread: the socket reads and the formatting of every row stay off the UI.
+        fetch = self.source.fetch()
+        inputs = self._plan_inputs()
+        return fetch, (inputs, self._plan(fetch))
+
+    def apply(self, fetch: Fetch, plan: TablePlan | None = None) -> None:
+        """Show `fetch`: headers, the pinned stall, and the table updated in place."""
+        self.fetch = fetch
+        self.refreshes += 1
+        views = {v.socket_path: v for v in fetch.workers}
+        self._show_workers(fetch)
+        self._show_stalls(v for v in fetch.workers if self.worker_focus in (None, v.socket_path))
+        self._update_table(plan if plan is not None else self._plan(fetch), views)
+        self._show_status()
+        screen = self.screen
+        if isinstance(screen, SessionScreen):
+            found = self._where.get(screen.key)
+            if found is not None and found[0].snapshot is not None:
+                screen.show(detail_text(found[0], found[1], found[0].snapshot))
+
+    def _show_workers(self, fetch: Fetch) -> None:
+        empty = self.query_one("#empty", Static)
+        table = self.query_one("#sessions", SessionTable)
+        headers = self.query_one("#workers", Static)
+        if not fetch.workers:
+            empty.update(
+                Text.assemble(
+                    ("No openrtc worker is running.\n\n", "bold"),
+                    f"Searched {fetch.folder} for worker sockets.\n",
+                    "Start one with:  openrtc dev ./agents   (or: openrtc demo)\n\n",
+                    (f"Still looking every {self.refresh_s:g}s. Press q to quit.", "dim"),
+                    justify="center",
+                )
+            )
+        empty.display = not fetch.workers
+        table.display = bool(fetch.workers)
+        text = Text()
+        for i, view in enumerate(fetch.workers):
+            if i:
+                text.append("\n")
+            focus = "> " if self.worker_focus == view.socket_path else ""
+            if view.snapshot is None:
+                text.append(f"{focus}worker {view.socket_path.name}: {view.error}", style="bold red")
+                continue
+            line = worker_line(view.snapshot)
+            if view.gone:
+                text.append(f"{focus}GONE ", style="bold red")
+                text.append(f"{line}  ({view.error})", style="dim strike")
+            else:
+                text.append(focus + line, style="bold" if view.snapshot.worker.draining else "")
+        headers.update(text)
+
+    def _show_stalls(self, views: Iterable[WorkerView]) -> None:
+        stall = self.query_one("#stall", Static)
+        lines = []
+        for view in views:
+            if view.snapshot is not None and not view.gone:
+                block = ongoing_stall(view.snapshot)
+                if block is not None:
+                    lines.append(stall_text(view, block))
+        stall.update(Text("\n").join(lines))
+        stall.display = bool(lines)
+
+    def _show_status(self) -> None:
+        f = self.filters
+        parts = [f"sort {self.sort}"]
+        for name, value in (
+            ("state", f.status),
+            ("agent", f.agent),
+            ("tenant", f.tenant),
+            ("search", f.search),
+        ):
+            if value is not None:
+                parts.append(f"{name}={value}")
+        if self.worker_focus is not None:
+            parts.append(f"worker={self.worker_focus.stem}")
+        total = sum(len(snapshot.sessions) for _, snapshot in self._live())
+        shown = self.query_one("#sessions", SessionTable).row_count
+        parts.append(f"{shown} of {total} sessions")
+        if self.paused:
+            parts.append("PAUSED (p resumes)")
+        self.query_one("#status", Static).update("  ".join(parts))
+
+    def _live(self) -> list[tuple[WorkerView, Snapshot]]:
+        """The workers answering now, with their snapshots."""
+        fetch = self.fetch
+        if fetch is None:
+            return []
+        return [(v, v.snapshot) for v in fetch.workers if v.snapshot is not None and not v.gone]
+
+    def _update_table(self, plan: TablePlan, views: dict[Path, WorkerView]) -> None:
+        self.query_one("#sessions", SessionTable).set_rows(plan.order, plan.cells)
+        self._where = {key: (views[path], row) for key, (path, row) in plan.rows.items()}
+
+    def selected(self) -> tuple[WorkerView, SessionRow] | None:
+        """The worker and session under the cursor, if any."""
+        table = self.query_one("#sessions", SessionTable)
+        key = table.cursor_key
+        return self._where.get(key) if table.display and key is not None else None
+
+    def _reapply(self) -> None:
+        if self.fetch is not None:
+            self.apply(self.fetch)
+
+    # -- actions ----------------------------------------------------------------------------------
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen(self.refresh_s))
+
+    def action_sort(self, key: str) -> None:
+        self.sort = key
+        self._reapply()
+
+    def action_cycle_sort(self) -> None:
+        self.action_sort(SORT_KEYS[(SORT_KEYS.index(self.sort) + 1) % len(SORT_KEYS)])
+
+    def action_cycle_filter(self, field: str) -> None:
+        """Step the filter on `field` through the values present now, then back to all."""
+        if field == "status":
+            choices: list[str] = list(STATES)
+        else:
+            present = {getattr(r, field) for _, snapshot in self._live() for r in snapshot.sessions}
+            choices = sorted(x for x in present if x is not None)
+        current = getattr(self.filters, field)
+        following = choices[choices.index(current) + 1 :] if current in choices else choices
+        self.filters = replace(self.filters, **{field: following[0] if following else None})
+        self._reapply()
+
+    def action_cycle_worker(self) -> None:
+        paths = [v.socket_path for v, _ in self._live()]
+        if self.worker_focus in paths:
+            i = paths.index(self.worker_focus)
+            self.worker_focus = paths[i + 1] if i + 1 < len(paths) else None
+        else:
+            self.worker_focus = paths[0] if len(paths) > 1 else None
+        self._reapply()
+
+    def action_clear_filters(self) -> None:
+        self.filters = Filters()
+        self.worker_focus = None
+        search = self.query_one("#search", Input)
+        search.value = ""
+        search.display = False
+        self._reapply()
+
+    def action_search(self) -> None:
+        if len(self.screen_stack) > 1:  # the detail, help or confirmation screen is up
+            return
+        search = self.query_one("#search", Input)
+        if search.has_focus:  # a `/` typed in the search box (paths have them)
+            search.insert_text_at_cursor("/")
+            return
+        search.display = True
+        self.screen.set_focus(search)  # now, not at the next idle as `focus()` would
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        self.filters = replace(self.filters, search=event.value or None)
+        self._reapply()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if not event.value:
+            event.input.display = False
+        self.query_one("#sessions", SessionTable).focus()
+
+    def on_key(self, event: object) -> None:
+        search = self.query_one("#search", Input)
+        if getattr(event, "key", None) == "escape" and search.has_focus:
+            search.value = ""
+            search.display = False
+            self.query_one("#sessions", SessionTable).focus()
+
+    def on_session_table_selected(self, event: SessionTable.Selected) -> None:
+        self.action_open_session()
+
+    def action_open_session(self) -> None:
+        found = self.selected()
+        if found is None or found[0].snapshot is None:
+            return
+        view, row = found
+        key = f"{view.socket_path}|{row.session_id}"
+        self.push_screen(SessionScreen(key, detail_text(view, row, found[0].snapshot)))
+
+    def action_cancel_session(self) -> None:
+        screen = self.screen
+        found = self._where.get(screen.key) if isinstance(screen, SessionScreen) else self.selected()
+        if found is None:
+            self.notify("no session selected", severity="warning")
+            return
+        view, row = found
+        if row.state not in ("starting", "running", "draining"):
+            self.notify(f"session {row.session_id} already {row.state}", severity="warning")
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.run_worker(self._cancel(view.socket_path, row.session_id), group="cancel")
+
+        who = f"[b]{escape(row.session_id)}[/b] ({escape(row.agent)}) on worker {_worker_label(view)}"
+        self.push_screen(ConfirmScreen(f"Cancel session {who}?"), answered)
+
+    async def _cancel(self, socket_path: Path, session_id: str) -> None:
+        try:
+            await asyncio.to_thread(self.source.cancel, socket_path, session_id)
+        except OpenRTCError as exc:
+            self.notify(f"could not cancel {session_id}: {exc}", severity="error")
+            return
+        self.notify(f"cancelled {session_id}")
+        await self.refresh_now()
+
+    def action_toggle_pause(self) -> None:
+        self.paused = not self.paused
+        self._show_status()
+
+
+def make_app(
+    source: Source, refresh_s: float = 1.0, sort: str = "cpu", filters: Filters | None = None
+) -> TopApp:
+    """The live view over `source`, refreshed every `refresh_s` seconds."""
+    if refresh_s <= 0:
+        raise ValueError("refresh_s must be positive")
+    if sort not in SORT_KEYS:
+        raise ValueError(f"sort must be one of {', '.join(SORT_KEYS)}")
+    return TopApp(source, refresh_s, sort, filters or Filters())

@@ -1,0 +1,116 @@
+"""Where the live `top` gets its data: every worker socket of this user, polled, with gone workers kept.
+
+Blocking I/O only (the app calls `fetch` from a thread). The app never touches sockets itself, so tests
+give it a source made of fixed snapshots.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from openrtc.errors import OpenRTCError, SchemaVersionError, SocketError
+from openrtc.introspection.client import WorkerClient
+from openrtc.introspection.paths import check_private_dir, remove_if_dead, socket_dir
+from openrtc.introspection.schema import Snapshot, from_dict
+
+GONE_KEEP_S = 30.0
+"""How long a worker that stopped answering stays on screen, marked gone."""
+
+
+@dataclass(frozen=True)
+class WorkerView:
+    """One worker as `top` last saw it."""
+
+    socket_path: Path
+    """Its socket: what identifies it to `top`."""
+    snapshot: Snapshot | None
+    """Its latest snapshot (the last good one if it is gone); None if none was ever read."""
+    error: str | None
+    """Why the latest read failed (a schema mismatch, a dead socket), in words; None if it worked."""
+    gone: bool
+    """True when the worker stopped answering: its sessions are no longer listed."""
+
+
+@dataclass(frozen=True)
+class Fetch:
+    """Everything one refresh found."""
+
+    folder: Path
+    """The folder searched for sockets (shown when no worker runs)."""
+    workers: tuple[WorkerView, ...]
+    """Every worker, live or recently gone, in socket order."""
+
+
+class Source(Protocol):
+    """What the app reads from and sends cancels to."""
+
+    @property
+    def folder(self) -> Path: ...
+
+    def fetch(self) -> Fetch: ...
+
+    def cancel(self, socket_path: Path, session_id: str) -> None: ...
+
+
+class LiveSource:
+    """The real workers: every socket in the user's folder, or just `socket`."""
+
+    def __init__(
+        self,
+        socket: Path | None = None,
+        folder: Path | None = None,
+        timeout: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._socket = socket
+        self.folder = socket.parent if socket is not None else (folder or socket_dir())
+        self._timeout = timeout
+        self._clock = clock
+        self._last: dict[Path, Snapshot] = {}
+        self._gone_since: dict[Path, float] = {}
+
+    def _paths(self) -> list[Path]:
+        if self._socket is not None:
+            return [self._socket]
+        try:
+            check_private_dir(self.folder)
+        except SocketError:
+            return []  # missing (no worker yet) or unsafe: the empty screen names the folder
+        return sorted(p for p in self.folder.glob("*.sock") if not remove_if_dead(p))
+
+    def fetch(self) -> Fetch:
+        now = self._clock()
+        views: dict[Path, WorkerView] = {}
+        for path in self._paths():
+            try:
+                with WorkerClient(path, self._timeout) as client:
+                    snapshot = from_dict(client.request("snapshot"))
+            except SchemaVersionError as exc:
+                views[path] = WorkerView(path, None, str(exc), False)
+                continue
+            except OpenRTCError as exc:
+                if path in self._last:
+                    self._gone_since.setdefault(path, now)
+                    views[path] = WorkerView(path, self._last[path], str(exc), True)
+                continue  # never seen: a worker still starting, or not one at all
+            self._last[path] = snapshot
+            self._gone_since.pop(path, None)
+            views[path] = WorkerView(path, snapshot, None, False)
+        for path, snapshot in list(self._last.items()):
+            if path in views:
+                continue
+            since = self._gone_since.setdefault(path, now)
+            if now - since > GONE_KEEP_S:
+                del self._last[path], self._gone_since[path]
+            else:
+                views[path] = WorkerView(path, snapshot, "the worker exited", True)
+        return Fetch(self.folder, tuple(views[p] for p in sorted(views)))
+
+    def cancel(self, socket_path: Path, session_id: str) -> None:
+        """Ask the worker to cancel the session; raises `OpenRTCError` (e.g. `RemoteError`) if it cannot."""
+        with WorkerClient(socket_path, self._timeout) as client:
+            client.request("cancel", session_id=session_id, reason="cancelled_by_user")

@@ -1,0 +1,260 @@
+"""The live view driven with Textual's Pilot over fixed snapshots (no sockets: see test_live.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from textual.pilot import Pilot
+from textual.widgets import Static
+
+from openrtc.top.app import ConfirmScreen, HelpScreen, SessionScreen, TopApp, make_app
+from openrtc.top.source import Fetch
+from openrtc.top.table import SessionTable
+from openrtc.top.view import Filters
+from tests.top.fakes import FOLDER, FakeSource, bumped, mixed_snapshot, source, view
+
+SIZE = (160, 30)
+pytestmark = pytest.mark.asyncio
+
+
+@asynccontextmanager
+async def running(src: FakeSource, **kw: Any) -> AsyncIterator[tuple[TopApp, Pilot[None]]]:
+    # A long refresh period: the tests decide when a refresh happens.
+    app = make_app(src, refresh_s=kw.pop("refresh_s", 3600.0), **kw)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.refreshes >= 1)
+        yield app, pilot
+
+
+async def until(pilot: Pilot[None], cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not cond():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await pilot.pause(0.01)
+
+
+def text_of(app: TopApp, selector: str) -> str:
+    return str(app.screen.query_one(selector, Static).render())
+
+
+def shown_ids(app: TopApp) -> list[str]:
+    table = app.query_one("#sessions", SessionTable)
+    return [str(table.cells_of(i)[1]) for i in range(table.row_count)]
+
+
+async def test_empty_state_names_the_folder_and_keeps_looking() -> None:
+    src = FakeSource([Fetch(FOLDER, ()), Fetch(FOLDER, (view(mixed_snapshot()),))])
+    async with running(src) as (app, _):
+        assert app.query_one("#empty").display and not app.query_one("#sessions").display
+        empty = text_of(app, "#empty")
+        assert "No openrtc worker is running" in empty
+        assert str(FOLDER) in empty and "openrtc dev ./agents" in empty
+        await app.refresh_now()  # a worker appears: the table replaces the message
+        assert not app.query_one("#empty").display and app.query_one("#sessions").display
+        assert len(shown_ids(app)) == 6
+
+
+async def test_one_worker_with_a_mix_of_states() -> None:
+    async with running(source(view(mixed_snapshot()))) as (app, _):
+        header = text_of(app, "#workers")
+        assert "worker box:4242" in header and "uvloop/coroutine" in header and "sessions 6/200" in header
+        assert "lag p50 0.4ms p99 3.1ms" in header and "sampler 50/50Hz" in header
+        # The slow session first, then by CPU.
+        assert shown_ids(app) == ["3f2a9c01", "8b1d0e77", "c0ffee11", "d00d0044", "e1e1e177", "f4f4f4aa"]
+        table = app.query_one("#sessions", SessionTable)
+        first = [str(c) for c in table.cells_of(0)]
+        assert first[:5] == ["4242", "3f2a9c01", "support", "acme", "running!"]
+        assert first[-3:] == ["320ms agents/support.py:14 in lookup", "True", "running"]
+        assert not app.query_one("#stall").display
+        assert "6 of 6 sessions" in text_of(app, "#status")
+
+
+async def test_refresh_redraws_only_rows_that_changed() -> None:
+    first = mixed_snapshot()
+    rows = list(first.sessions)
+    rows[1] = replace(rows[1], cpu_pct=25.0)  # one row changes; the last one leaves
+    second = replace(first, sessions=rows[:-1])
+    src = FakeSource([Fetch(FOLDER, (view(first),)), Fetch(FOLDER, (view(second),))])
+    async with running(src) as (app, pilot):
+        table = app.query_one("#sessions", SessionTable)
+        await pilot.pause()
+        drawn = table.lines_drawn
+        assert drawn == 6  # every row on screen, once
+        await app.refresh_now()
+        await pilot.pause()
+        assert table.lines_drawn == drawn + 1 and table.cells_of(1)[6] == "25.0"
+        assert shown_ids(app) == ["3f2a9c01", "8b1d0e77", "c0ffee11", "d00d0044", "e1e1e177"]
+        await app.refresh_now()  # the same data again: nothing redrawn
+        await pilot.pause()
+        assert table.lines_drawn == drawn + 1
+
+
+async def test_only_rows_on_screen_are_drawn() -> None:
+    many = replace(
+        mixed_snapshot(),
+        sessions=[replace(mixed_snapshot().sessions[2], session_id=f"{i:012x}") for i in range(5000)],
+    )
+    async with running(source(view(many))) as (app, pilot):
+        table = app.query_one("#sessions", SessionTable)
+        await pilot.pause()
+        assert table.row_count == 5000 and table.lines_drawn < 40
+        await pilot.press("end")
+        await pilot.pause()
+        assert table.cursor == 4999 and table.lines_drawn < 80
+        assert app.selected() is not None and app.selected()[1].session_id == f"{4999:012x}"
+
+
+async def test_cursor_follows_its_session_when_rows_reorder() -> None:
+    first = mixed_snapshot()
+    rows = list(first.sessions)
+    rows[2] = replace(rows[2], cpu_pct=90.0)  # c0ffee11 jumps above 8b1d0e77
+    src = FakeSource([Fetch(FOLDER, (view(first),)), Fetch(FOLDER, (view(replace(first, sessions=rows)),))])
+    async with running(src) as (app, pilot):
+        await pilot.press("down", "down")
+        assert app.selected() is not None and app.selected()[1].session_id == "c0ffee112233"
+        await app.refresh_now()
+        assert shown_ids(app)[:3] == ["3f2a9c01", "c0ffee11", "8b1d0e77"]
+        assert app.selected()[1].session_id == "c0ffee112233"
+
+
+async def test_an_ongoing_stall_is_pinned_with_its_line() -> None:
+    async with running(source(view(mixed_snapshot(stall=True)))) as (app, _):
+        assert app.query_one("#stall").display
+        stall = text_of(app, "#stall")
+        assert "STALL NOW 1,840 ms" in stall
+        assert "session 3f2a9c01d4e5 (support)" in stall and "agents/support.py:14 in lookup" in stall
+
+
+async def test_enter_opens_the_session_with_its_blocks_and_stacks() -> None:
+    async with running(source(view(mixed_snapshot()))) as (app, pilot):
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, SessionScreen))
+        detail = text_of(app, "#detail")
+        assert "session 3f2a9c01d4e5" in detail and "tenant     acme" in detail
+        assert "cpu time   12.300s since start" in detail
+        assert "recent blocks (2 in the worker's last 100)" in detail
+        assert detail.count("agents/support.py:31 in run") == 2  # both blocks with their stacks
+        await pilot.press("escape")
+        await until(pilot, lambda: not isinstance(app.screen, SessionScreen))
+
+
+async def test_search_filters_and_escape_clears() -> None:
+    async with running(source(view(mixed_snapshot()))) as (app, pilot):
+        await pilot.press("slash", *"globex")
+        assert shown_ids(app) == ["c0ffee11", "e1e1e177"]
+        assert "search=globex" in text_of(app, "#status") and "2 of 6 sessions" in text_of(app, "#status")
+        await pilot.press("enter")  # applies and hands the keys back to the table
+        assert app.query_one("#sessions").has_focus
+        await pilot.press("slash", "escape")
+        assert len(shown_ids(app)) == 6
+        await pilot.press("slash", *"support.py:14", "slash")  # a `/` in the box is text, not a new search
+        assert app.filters.search == "support.py:14/" and shown_ids(app) == []
+        await pilot.press("backspace")
+        assert shown_ids(app) == ["3f2a9c01"]
+
+
+async def test_filter_keys_cycle_state_agent_tenant_and_clear() -> None:
+    async with running(source(view(mixed_snapshot()))) as (app, pilot):
+        await pilot.press("a")  # agents present, alphabetically: chat first
+        assert app.filters == Filters(agent="chat") and shown_ids(app) == ["c0ffee11", "d00d0044", "f4f4f4aa"]
+        await pilot.press("t")
+        assert app.filters == Filters(agent="chat", tenant="acme") and shown_ids(app) == ["f4f4f4aa"]
+        await pilot.press("x", "f")
+        assert app.filters == Filters(status="starting") and shown_ids(app) == ["d00d0044"]
+        await pilot.press("f", "f", "f", "f", "f", "f")  # running, draining, ended, failed, cancelled, all
+        assert app.filters == Filters() and len(shown_ids(app)) == 6
+
+
+async def test_sort_keys() -> None:
+    async with running(source(view(mixed_snapshot()))) as (app, pilot):
+        await pilot.press("o")  # age: the slow one stays first, then the oldest
+        assert app.sort == "age" and shown_ids(app)[:3] == ["3f2a9c01", "8b1d0e77", "f4f4f4aa"]
+        await pilot.press("n")
+        assert app.sort == "agent" and shown_ids(app)[1:4] == ["c0ffee11", "d00d0044", "f4f4f4aa"]
+        await pilot.press("s")  # cycles on from agent back to cpu
+        assert app.sort == "cpu"
+
+
+async def test_k_cancels_after_confirmation_only() -> None:
+    src = source(view(mixed_snapshot()))
+    async with running(src) as (app, pilot):
+        await pilot.press("down", "k")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("n")
+        await until(pilot, lambda: not isinstance(app.screen, ConfirmScreen))
+        assert src.cancelled == []
+        await pilot.press("k", "y")
+        await until(pilot, lambda: bool(src.cancelled))
+        assert src.cancelled == [(FOLDER / "4242.sock", "8b1d0e77aa01")]
+
+
+async def test_pause_stops_refreshing() -> None:
+    src = source(view(mixed_snapshot()))
+    async with running(src, refresh_s=0.05) as (app, pilot):
+        await until(pilot, lambda: src.calls >= 3)
+        await pilot.press("p")
+        await pilot.pause(0.1)
+        calls = src.calls
+        await pilot.pause(0.3)
+        assert src.calls == calls and "PAUSED" in text_of(app, "#status")
+        await pilot.press("p")
+        await until(pilot, lambda: src.calls > calls)
+
+
+async def test_gone_worker_and_schema_mismatch_are_said() -> None:
+    error = "worker sends snapshot schema version 2; this openrtc reads version 1: upgrade the older side"
+    src = source(
+        view(mixed_snapshot(), gone=True, error="the worker exited"),
+        view(None, name="777.sock", error=error),
+    )
+    async with running(src) as (app, _):
+        header = text_of(app, "#workers")
+        assert "GONE worker box:4242" in header and "(the worker exited)" in header
+        assert f"worker 777.sock: {error}" in header
+        assert shown_ids(app) == []
+
+
+async def test_two_workers_merge_with_a_worker_column_and_w_focuses_one() -> None:
+    other = bumped(mixed_snapshot(pid=5151), cpu_pct=0.0)
+    other = replace(other, sessions=[replace(r, session_id="9" + r.session_id[1:]) for r in other.sessions])
+    async with running(source(view(mixed_snapshot()), view(other, name="5151.sock"))) as (app, pilot):
+        table = app.query_one("#sessions", SessionTable)
+        assert table.row_count == 12
+        assert {table.cells_of(i)[0] for i in range(12)} == {"4242", "5151"}
+        await pilot.press("w")
+        assert table.row_count == 6 and {table.cells_of(i)[0] for i in range(6)} == {"4242"}
+        await pilot.press("w")
+        assert {table.cells_of(i)[0] for i in range(6)} == {"5151"}
+        await pilot.press("w")
+        assert table.row_count == 12
+
+
+async def test_help_lists_the_keys() -> None:
+    async with running(source(view(mixed_snapshot()))) as (app, pilot):
+        await pilot.press("question_mark")
+        await until(pilot, lambda: isinstance(app.screen, HelpScreen))
+        assert "k cancel (asks first)" in text_of(app, "#help")
+        await pilot.press("escape")
+        await until(pilot, lambda: not isinstance(app.screen, HelpScreen))
+
+
+async def test_a_failing_source_is_reported_not_fatal() -> None:
+    class Broken(FakeSource):
+        def fetch(self) -> Fetch:
+            if self.calls == 1:
+                self.calls += 1
+                raise RuntimeError("disk on fire")
+            return super().fetch()
+
+    src = Broken([Fetch(FOLDER, (view(mixed_snapshot()),))])
+    async with running(src) as (app, _):
+        await app.refresh_now()  # fails: reported, the table stays
+        assert app.refreshes == 1 and len(shown_ids(app)) == 6
+        await app.refresh_now()
+        assert app.refreshes == 2 and len(shown_ids(app)) == 6
