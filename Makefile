@@ -30,6 +30,7 @@ snapshots-update: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_runtime.py
 	$(BIN)/python benchmarks/bench_introspection.py
+	$(BIN)/python benchmarks/bench_top.py
 
 clean:
 	rm -rf .venv .venv-* .pytest_cache .mypy_cache .ruff_cache

@@ -1,7 +1,7 @@
 """Introspection benchmarks (issue 3): CPU-share accuracy against a current_task sampler, stall
 detection, false positives, snapshot latency under load, and the throughput cost of introspection.
 
-Run: `make bench-introspection` (or `.venv/bin/python benchmarks/bench_introspection.py [--quick]`).
+Run: `make bench` (all benchmarks) or `.venv/bin/python benchmarks/bench_introspection.py [--quick]`.
 Every comparison is measured within one run, interleaved; results print as JSON and go to
 benchmarks/out/introspection.json.
 """

@@ -1,4 +1,5 @@
-"""`openrtc top` with many sessions (issue 4): how long one refresh of the live view takes.
+"""`openrtc top` with many sessions (issue 4): the wall time of `top --once` against 1,000 sessions,
+and what one refresh of the live view costs with 10,000.
 
 A real worker with N idle sessions runs in a child process; this process reads it through the same
 `LiveSource` the CLI uses and drives the real Textual app headless (Pilot), refreshing every
@@ -115,30 +116,57 @@ async def drive(source: LiveSource, refresh_s: float, seconds: float) -> dict[st
     }
 
 
+class Worker:
+    """A real worker with `sessions` idle sessions, in a child process, on a private socket."""
+
+    def __init__(self, sessions: int) -> None:
+        home = Path(tempfile.mkdtemp(prefix="ortc-bench-"))
+        os.chmod(home, 0o700)
+        self.socket = home / "w.sock"
+        self._child = subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(self.socket), str(sessions)], stdout=subprocess.PIPE, text=True
+        )
+
+    def __enter__(self) -> Worker:
+        assert self._child.stdout is not None and self._child.stdout.readline().strip() == "ready"
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._child.terminate()
+        self._child.wait(30)
+
+
+def once_wall_ms(socket: Path, runs: int, *flags: str) -> dict[str, float]:
+    """Wall time of whole `openrtc top --once` processes (interpreter start included)."""
+    openrtc = str(Path(sys.executable).with_name("openrtc"))
+    command = [openrtc, "top", "--once", "--socket", str(socket), *flags]
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        times.append((time.perf_counter() - started) * 1000)
+    return pcts(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--sessions", type=int, default=10_000)
+    parser.add_argument("--sessions", type=int, default=10_000, help="sessions behind the live view")
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--refresh", type=float, default=1.0)
+    parser.add_argument("--once-runs", type=int, default=20, help="`top --once` runs against 1,000 sessions")
     args = parser.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="ortc-bench-"))
-    os.chmod(home, 0o700)
-    sock = home / "w.sock"
-    child = subprocess.Popen(
-        [sys.executable, "-c", WORKER, str(sock), str(args.sessions)], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
-        result = asyncio.run(drive(LiveSource(sock, timeout=10.0), args.refresh, args.seconds))
-    finally:
-        child.terminate()
-        child.wait(30)
+    with Worker(1000) as worker:
+        once = {
+            "text": once_wall_ms(worker.socket, args.once_runs),
+            "json": once_wall_ms(worker.socket, args.once_runs, "--json"),
+        }
+    with Worker(args.sessions) as worker:
+        result = asyncio.run(drive(LiveSource(worker.socket, timeout=10.0), args.refresh, args.seconds))
     out = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cpus, Python {platform.python_version()}",
         "date": time.strftime("%Y-%m-%d"),
-        "sessions": args.sessions,
-        "refresh_s": args.refresh,
-        **result,
+        "once_with_1000_sessions_wall_ms": once,
+        "live_view": {"sessions": args.sessions, "refresh_s": args.refresh, **result},
     }
     print(json.dumps(out, indent=2))
     (ROOT / "benchmarks" / "out").mkdir(exist_ok=True)

@@ -11,12 +11,14 @@ import platform
 import socket
 import time
 from collections.abc import Sequence
+from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any
 
 from openrtc.introspection.monitor import SLOW_FOR_S, WATCHDOG_HZ, Monitor
 from openrtc.introspection.schema import (
     ENDED_KEEP_S,
     SCHEMA_VERSION,
+    Block,
     IntrospectionInfo,
     LoopLag,
     WorkerInfo,
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     from openrtc.runtime.session import Session
 
 HOSTNAME = socket.gethostname()
+ENDED_STATES = ("ended", "failed", "cancelled")
 PYTHON = platform.python_version()
 
 
@@ -63,8 +66,10 @@ def build_snapshot(
     ]
     rss = monitor.rss_mb
     share = rss / len(sessions) if sessions else 0.0
+    ongoing = monitor.ongoing()
     rows = [_row(s, monitor, oldest, span, now, share, active=True) for s in sessions]
     rows += [_row(s, monitor, oldest, span, now, share, active=False) for s in ended]
+    _add_step_in_progress(rows, monitor, span, ongoing)
 
     lags = sorted(lag for at, lag in list(monitor.lags_ms) if now - at <= span)
     polls = [t for t in list(monitor.polls) if now - t <= span]
@@ -106,7 +111,6 @@ def build_snapshot(
         ),
     )
     blocks = list(monitor.blocks)
-    ongoing = monitor.ongoing()
     if ongoing is not None:
         blocks.append(ongoing)
     return {
@@ -116,6 +120,32 @@ def build_snapshot(
         "sessions": rows,
         "blocks": [plain(b) for b in blocks],
     }
+
+
+def _add_step_in_progress(
+    rows: list[dict[str, Any]], monitor: Monitor, span: float, ongoing: Block | None
+) -> None:
+    """Charge the step running right now to its session, and show a stall in progress on its row.
+
+    A step's time reaches the session's counters when the step ends; without this, a session stuck
+    for seconds would read 0% CPU until it lets go, exactly when the operator looks at it.
+    """
+    clock = monitor.clock
+    started, step = clock.started_ns, clock.current
+    if step is None or clock.started_ns != started:
+        return
+    held_ns = max(0, perf_counter_ns() - started)
+    session_id = step.stats.session.id
+    for row in rows:
+        if row["session_id"] != session_id or row["state"] in ENDED_STATES:
+            continue
+        row["cpu_pct"] = round(min(100.0, row["cpu_pct"] + share_pct(held_ns, span)), 2)
+        row["cpu_s"] = round(row["cpu_s"] + held_ns / 1e9, 4)
+        if ongoing is not None and ongoing.session_id == session_id:
+            row["slow"] = True
+            row["blocks"] += 1
+            row["last_block"] = {"ms": ongoing.ms, "at": ongoing.at, "where": ongoing.where}
+        return
 
 
 def _row(

@@ -36,22 +36,22 @@ from openrtc.top.view import (
     worker_line,
 )
 
-COLUMNS: tuple[tuple[str, int], ...] = (
-    ("WORKER", 7),
-    ("SESSION", 8),
-    ("AGENT", 12),
-    ("TENANT", 10),
-    ("STATE", 10),
-    ("AGE", 6),
-    ("CPU%", 5),
-    ("", 10),
-    ("MEM", 6),
-    ("PEAK", 6),
-    ("TASKS", 5),
-    ("BLOCKS", 6),
-    ("LAST BLOCK", 30),
+COLUMNS: tuple[tuple[str, int, bool], ...] = (
+    # (label, width, right-aligned)
+    ("WORKER", 7, False),
+    ("SESSION", 8, False),
+    ("AGENT", 10, False),
+    ("TENANT", 8, False),
+    ("STATE", 9, False),
+    ("AGE", 6, True),
+    ("CPU%", 5, True),
+    ("", 10, False),
+    ("MEM", 6, True),
+    ("PEAK", 6, True),
+    ("TASKS", 5, True),
+    ("BLOCKS", 6, True),
+    ("LAST BLOCK", 30, False),
 )
-
 HELP = """\
 [b]openrtc top[/b]: every session of every local worker, refreshed every {refresh:g}s.
 
@@ -375,7 +375,9 @@ class TopApp(App[None]):
         return [(v, v.snapshot) for v in fetch.workers if v.snapshot is not None and not v.gone]
 
     def _update_table(self, plan: TablePlan, views: dict[Path, WorkerView]) -> None:
-        self.query_one("#sessions", SessionTable).set_rows(plan.order, plan.cells)
+        table = self.query_one("#sessions", SessionTable)
+        table.show_column(0, len({path for path, _ in plan.rows.values()}) > 1)
+        table.set_rows(plan.order, plan.cells)
         self._where = {key: (views[path], row) for key, (path, row) in plan.rows.items()}
 
     def selected(self) -> tuple[WorkerView, SessionRow] | None:

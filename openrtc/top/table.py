@@ -26,15 +26,15 @@ Cell = tuple[str, str]
 RowCells = tuple[Any, ...]
 """A row's data as the caller keeps it; `style_row` turns it into one `Cell` per column."""
 
-GAP = 2
+GAP = 1
 """Blank cells between columns."""
 
 
-def fit(text: str, width: int) -> str:
-    """`text` cut or padded to exactly `width` cells (an ellipsis marks a cut)."""
+def fit(text: str, width: int, right: bool = False) -> str:
+    """`text` cut or padded to exactly `width` cells (an ellipsis marks a cut), numbers to the right."""
     if len(text) > width:
         return text[: max(0, width - 1)] + "…"
-    return text.ljust(width)
+    return text.rjust(width) if right else text.ljust(width)
 
 
 class SessionTable(ScrollView, can_focus=True):
@@ -69,16 +69,18 @@ class SessionTable(ScrollView, can_focus=True):
 
     def __init__(
         self,
-        columns: Sequence[tuple[str, int]],
+        columns: Sequence[tuple[str, int, bool]],
         style_row: Callable[[str, RowCells], list[Cell]],
         *,
         id: str | None = None,
     ) -> None:
         super().__init__(id=id)
         self.columns = list(columns)
-        """(label, width) of each column: text beyond the width is cut with an ellipsis. The last column
-        also takes whatever width the screen has left."""
-        self._widths = [w for _, w in self.columns]
+        """(label, width, right-aligned) of each column: text beyond the width is cut with an ellipsis.
+        The last column also takes whatever width the screen has left."""
+        self._widths = [w for _, w, _ in self.columns]
+        self._right = [right for _, _, right in self.columns]
+        self._hidden: set[int] = set()
         self._style_row = style_row
         self.order: list[str] = []
         """Row keys in display order."""
@@ -123,13 +125,24 @@ class SessionTable(ScrollView, can_focus=True):
 
     # -- drawing ----------------------------------------------------------------------------------
 
+    def show_column(self, index: int, shown: bool) -> None:
+        """Show or hide column `index` (e.g. WORKER when only one worker is listed)."""
+        if shown != (index not in self._hidden):
+            if shown:
+                self._hidden.discard(index)
+            else:
+                self._hidden.add(index)
+            self.on_resize()
+            self.refresh()
+
     def _line_width(self) -> int:
-        return sum(self._widths) + GAP * len(self._widths) + 1
+        shown = [w for i, w in enumerate(self._widths) if i not in self._hidden]
+        return sum(shown) + GAP * len(shown) + 1
 
     def on_resize(self) -> None:
-        fixed = self.columns[:-1]
-        rest = self.size.width - 1 - sum(w for _, w in fixed) - GAP * len(self.columns)
-        self._widths = [*(w for _, w in fixed), max(self.columns[-1][1], rest)]
+        fixed = [w for i, (_, w, _) in enumerate(self.columns[:-1]) if i not in self._hidden]
+        rest = self.size.width - 1 - sum(fixed) - GAP * (len(fixed) + 1)
+        self._widths = [*(w for _, w, _ in self.columns[:-1]), max(self.columns[-1][1], rest)]
         self._strips.clear()
         self.virtual_size = Size(self._line_width(), len(self.order) + 1)
         self._keep_cursor_visible()
@@ -150,8 +163,11 @@ class SessionTable(ScrollView, can_focus=True):
 
     def _header(self) -> Strip:
         style = self.rich_style + self.get_component_rich_style("session-table--header")
-        labels = [label for label, _ in self.columns]
-        text = " " + "".join(fit(label, w) + " " * GAP for label, w in zip(labels, self._widths, strict=True))
+        text = " " + "".join(
+            fit(label, w, right) + " " * GAP
+            for i, ((label, _, right), w) in enumerate(zip(self.columns, self._widths, strict=True))
+            if i not in self._hidden
+        )
         return Strip([Segment(text, style)])
 
     def _row_strip(self, index: int) -> Strip:
@@ -165,8 +181,13 @@ class SessionTable(ScrollView, can_focus=True):
         if stripe:
             base += self.get_component_rich_style("session-table--stripe")
         segments = [Segment(" ", base)]
-        for width, (text, style) in zip(self._widths, self._style_row(key, cells), strict=True):
-            segments.append(Segment(fit(text, width), base + Style.parse(style) if style else base))
+        hidden = self._hidden
+        styled = self._style_row(key, cells)
+        for i, (width, (text, style)) in enumerate(zip(self._widths, styled, strict=True)):
+            if i in hidden:
+                continue
+            cell = fit(text, width, self._right[i])
+            segments.append(Segment(cell, base + Style.parse(style) if style else base))
             segments.append(Segment(" " * GAP, base))
         strip = Strip(segments)
         self._strips[key] = (cells, stripe, strip)

@@ -224,6 +224,11 @@ def test_ongoing_stall_is_visible_while_the_loop_is_blocked(run_loop: Any, sock_
     )
     assert live[-1]["ms"] > live[0]["ms"]  # the duration is live
     assert any("in frozen" in frame for frame in live[0]["stack"])
+    # Its row says so while it lasts: slow, the block in progress, and the time held so far as CPU.
+    (row,) = [r for r in seen[-1]["sessions"] if r["session_id"] == culprit]
+    assert row["slow"] and row["blocks"] == 1 and row["last_block"]["where"] == live[-1]["where"]
+    window_s = seen[-1]["worker"]["introspection"]["window_s"]
+    assert row["cpu_s"] >= 0.8 and row["cpu_pct"] >= min(100.0, 0.8 / window_s * 100) - 0.01
 
 
 def test_overload_blames_nobody(run_loop: Any, sock_home: Path) -> None:
