@@ -33,7 +33,8 @@ def _worker_flags(parser: argparse.ArgumentParser) -> None:
         "--isolation",
         choices=("coroutine", "process"),
         default="coroutine",
-        help="how sessions are isolated; this version runs coroutine only [OPENRTC_ISOLATION]",
+        help="coroutine: sessions share the worker's loop; process: one child process per session "
+        "[OPENRTC_ISOLATION] (default: coroutine)",
     )
     g.add_argument(
         "--max-sessions",

@@ -148,11 +148,36 @@ def _add_step_in_progress(
         return
 
 
+def _child_row(session: Session, child: Any, span: float, now: float, active: bool) -> dict[str, Any]:
+    ended = session.ended_at if not active else None
+    return {
+        "session_id": session.id,
+        "agent": session.agent,
+        "tenant": session.tenant,
+        "state": session.state.value,
+        "reason": session.reason,
+        "pid": child.pid,
+        "started_at": session.started_at,
+        "duration_s": round((ended or now) - session.started_mono, 3),
+        "cpu_pct": round(child.cpu_pct(span, now), 2) if active else 0.0,
+        "cpu_s": round(child.cpu_s, 4),
+        "mem_mb": round(child.rss_mb, 2) if active else 0.0,
+        "peak_mb": round(child.peak_mb, 2),
+        "tasks": 0,
+        "slow": False,
+        "blocks": 0,
+        "last_block": None,
+    }
+
+
 def _row(
     session: Session, monitor: Monitor, oldest: int, span: float, now: float, share: float, active: bool
 ) -> dict[str, Any]:
     stats = session.stats
     busy = stats.busy_ns if stats is not None else 0
+    child = session.child
+    if child is not None:  # its own process: the OS's figures, not the worker loop's
+        return _child_row(session, child, span, now, active)
     if active:
         ring = stats.cpu_ring if stats is not None else None
         cpu = share_pct(busy - (ring[oldest] if ring is not None else 0), span)

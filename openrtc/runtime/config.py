@@ -9,8 +9,8 @@ from openrtc.errors import ConfigError
 from openrtc.runtime.admission import Limits
 from openrtc.runtime.memory import MemoryThresholds
 
-ISOLATIONS = ("coroutine",)
-"""Isolation modes this version runs. `process` is designed (design.md) but not built yet."""
+ISOLATIONS = ("coroutine", "process")
+"""`coroutine`: sessions are tasks on the worker's loop. `process`: one child process per session."""
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,7 @@ class PoolConfig:
     """Everything an `AgentPool` is told at construction."""
 
     isolation: str = "coroutine"
-    """How sessions are isolated: `coroutine` (tasks on one loop)."""
+    """How sessions are isolated: `coroutine` (tasks on one loop) or `process` (a child each)."""
     enable_introspection: bool = True
     """Off means no daemon thread, socket, task factory or timer."""
     slow_session_threshold_ms: float = 50.0
@@ -26,7 +26,7 @@ class PoolConfig:
     limits: Limits = Limits()
     """Caps on concurrent sessions."""
     memory: MemoryThresholds = MemoryThresholds()
-    """Worker-wide RSS thresholds."""
+    """RSS thresholds: the worker's in coroutine mode, each session's process in process mode."""
     drain_timeout_s: float = 30.0
     """How long a drain waits for sessions to finish before cancelling them."""
     socket_path: Path | None = None
@@ -34,8 +34,6 @@ class PoolConfig:
 
     def __post_init__(self) -> None:
         if self.isolation not in ISOLATIONS:
-            if self.isolation == "process":
-                raise ConfigError("isolation='process' is not available in this version; use 'coroutine'")
             raise ConfigError(f"isolation must be one of {', '.join(ISOLATIONS)}, got {self.isolation!r}")
         _positive("slow_session_threshold_ms", self.slow_session_threshold_ms)
         _positive("drain_timeout_s", self.drain_timeout_s, allow_zero=True)

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from openrtc.introspection.daemon import Daemon
     from openrtc.introspection.monitor import Monitor
     from openrtc.introspection.tagging import TaskTagger
+    from openrtc.runtime.process import TemplateClient
 
 log = logging.getLogger("openrtc.pool")
 
@@ -65,8 +66,16 @@ class AgentPool:
         )
         self.worker_id = os.urandom(6).hex()
         self.started_at = time.time()
-        self.memory = MemoryGuard(self.config.memory, process_rss_mb)
+        # In process mode the thresholds apply to each session's process (ChildWatch), not the worker.
+        worker_memory = self.config.memory if isolation != "process" else MemoryThresholds(None, None)
+        self.memory = MemoryGuard(worker_memory, process_rss_mb)
         self._agents: dict[str, AgentSpec] = {}
+        self._origins: dict[str, str] = {}
+        """`module:qualname` of agents added from code, for the template process to import them."""
+        self._template: TemplateClient | None = None
+        self._template_errors: dict[str, str] = {}
+        self._template_loaded: set[str] = set()
+        self._child_watch: asyncio.Task[None] | None = None
         self.agent_names: tuple[str, ...] = ()
         """Registered agents, republished whole on each change so other threads can read it."""
         self._shared: dict[str, dict[str, Any]] = {}
@@ -95,6 +104,9 @@ class AgentPool:
         if name in self._agents:
             raise ConfigError(f"agent {name!r} is already registered")
         spec = make_spec(name, agent)
+        module, qualname = getattr(agent, "__module__", None), getattr(agent, "__qualname__", "")
+        if module and module != "__main__" and "<locals>" not in qualname:
+            self._origins[name] = f"{module}:{qualname}"
         self._set_agent(spec)
         return spec
 
@@ -120,7 +132,14 @@ class AgentPool:
 
         Sessions already running keep the code they started with; new sessions get the new version.
         """
-        if self._state == "running":
+        if self._state == "running" and self._template is not None:
+            from openrtc.runtime.process import agent_entry
+
+            errors = await self._load_in_template([agent_entry(spec, self._origins.get(spec.name))])
+            if spec.name in errors:
+                raise OpenRTCError(f"agent {spec.name!r} failed in the template process: {errors[spec.name]}")
+            self._prewarmed.add(spec.name)
+        elif self._state == "running":
             shared: dict[str, Any] = {}
             if spec.prewarm is not None:
                 await spec.prewarm(shared)  # raises: the caller keeps the old version
@@ -205,6 +224,8 @@ class AgentPool:
             self._tagger.install(loop)
         self._state = "running"
         try:
+            if self.config.isolation == "process":
+                await self._start_template(loop)
             for spec in list(self._agents.values()):
                 try:
                     await self._prewarm(spec)
@@ -226,6 +247,31 @@ class AgentPool:
             self.socket_path or "off",
         )
 
+    async def _start_template(self, loop: asyncio.AbstractEventLoop) -> None:
+        from openrtc.runtime.process import ChildWatch, TemplateClient, agent_entry
+
+        entries = [agent_entry(spec, self._origins.get(spec.name)) for spec in self._agents.values()]
+        self._template = TemplateClient(loop)
+        await self._load_in_template(entries)
+        memory = self.config.memory
+        watch = ChildWatch(lambda: list(self._sessions.values()), memory.warn_mb, memory.limit_mb)
+        self._child_watch = loop.create_task(watch.run(), name="openrtc-child-watch")
+        log.info("template process %d ready (isolation=process)", self._template.pid)
+
+    async def _load_in_template(self, entries: list[dict[str, Any]]) -> dict[str, str]:
+        assert self._template is not None
+        errors = await self._template.load(entries)
+        for entry in entries:
+            name = entry["name"]
+            if name in errors:
+                self._template_errors[name] = errors[name]
+                self._template_loaded.discard(name)
+                log.error("agent %r not available in process mode: %s", name, errors[name])
+            else:
+                self._template_errors.pop(name, None)
+                self._template_loaded.add(name)
+        return errors
+
     async def aclose(self) -> None:
         """Drain (if not done yet), then stop the daemon and restore every hook installed."""
         if self._state == "closed":
@@ -233,6 +279,12 @@ class AgentPool:
         if self._state in ("running", "draining"):
             await self.drain()
         self._state = "closed"
+        if self._child_watch is not None:
+            self._child_watch.cancel()
+            self._child_watch = None
+        if self._template is not None:
+            await self._template.close()
+            self._template = None
         if self._daemon is not None:
             self._daemon.close()
             self._daemon = None
@@ -398,6 +450,20 @@ class AgentPool:
                 )
 
     async def _prewarm(self, spec: AgentSpec) -> None:
+        if self._template is not None:  # process mode: the template imports and prewarms it
+            from openrtc.runtime.process import agent_entry
+
+            if spec.name not in self._template_loaded and spec.name not in self._template_errors:
+                try:  # added after start: load it now
+                    entry = agent_entry(spec, self._origins.get(spec.name))
+                except OpenRTCError as exc:
+                    raise SessionRefused("prewarm_failed", str(exc)) from None
+                await self._load_in_template([entry])
+            error = self._template_errors.get(spec.name)
+            if error is not None:
+                raise SessionRefused("prewarm_failed", f"agent {spec.name!r} failed in the template: {error}")
+            self._prewarmed.add(spec.name)
+            return
         lock = self._prewarm_locks.setdefault(spec.name, asyncio.Lock())
         async with lock:
             if spec.name in self._prewarmed:
@@ -417,12 +483,23 @@ class AgentPool:
             self._prewarmed.add(spec.name)
 
     async def _run_session(self, session: Session, spec: AgentSpec) -> None:
-        if session.state is SessionState.STARTING:
-            session.state = SessionState.RUNNING
-        session.running_at = time.perf_counter()
+        template = self._template
+        if template is None:
+            if session.state is SessionState.STARTING:
+                session.state = SessionState.RUNNING
+            session.running_at = time.perf_counter()
         session.log.info("session started tenant=%s", session.tenant or "-")
         try:
-            await spec.entry(session)
+            if template is None:
+                await spec.entry(session)
+            else:
+                from openrtc.runtime.process import ChildFailed, run_in_child
+
+                try:
+                    await run_in_child(template, session, logging.getLogger().getEffectiveLevel())
+                except ChildFailed as exc:
+                    self._fail(session, exc.reason, exc, traceback=False)
+                    return
         except asyncio.CancelledError:
             session.state = SessionState.CANCELLED
             session.reason = session._cancel_reason or "cancelled"
@@ -434,12 +511,15 @@ class AgentPool:
         else:
             session.state = SessionState.ENDED
 
-    def _fail(self, session: Session, reason: str, exc: BaseException) -> None:
+    def _fail(self, session: Session, reason: str, exc: BaseException, traceback: bool = True) -> None:
         session.state = SessionState.FAILED
         session.reason = reason
         session.error = exc
         self.sessions_failed += 1
-        session.log.error("session raised %s", type(exc).__name__, exc_info=exc)
+        if traceback:
+            session.log.error("session raised %s", type(exc).__name__, exc_info=exc)
+        else:  # a child process's failure: its own traceback is the message
+            session.log.error("session failed (%s): %s", reason, exc)
 
     def _finish(self, session: Session) -> None:
         """Bookkeeping when a root task is done, however it ended (even cancelled before its first step)."""

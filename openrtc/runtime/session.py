@@ -49,11 +49,13 @@ class Session:
         "_log",
         "_root",
         "agent",
+        "child",
         "draining",
         "ended_at",
         "error",
         "id",
         "metadata",
+        "pid",
         "reason",
         "running_at",
         "shared",
@@ -103,6 +105,10 @@ class Session:
         self.tasks_prune_at = 64
         self.stats: Any = None
         """Introspection counters (`SessionStats`), None when introspection is off."""
+        self.pid: int | None = None
+        """The session's own process (isolation="process"), None when it runs in the worker."""
+        self.child: Any = None
+        """What the OS says about that process (`ChildStats`), None in coroutine mode."""
         self._root: asyncio.Task[None] | None = None
         self._cancel_reason: str | None = None
         self._log: SessionLogAdapter | None = None

@@ -40,6 +40,7 @@ COLUMNS: tuple[tuple[str, int, bool], ...] = (
     # (label, width, right-aligned)
     ("WORKER", 7, False),
     ("SESSION", 8, False),
+    ("PID", 7, True),
     ("AGENT", 10, False),
     ("TENANT", 8, False),
     ("STATE", 9, False),
@@ -70,21 +71,22 @@ def _worker_label(view: WorkerView) -> str:
 
 
 def style_row(key: str, cells: RowCells) -> list[Cell]:
-    """A plan's cells (worker, `row_cells`..., slow, state) as drawn: bar in colour, slow rows in red."""
+    """A plan's cells (worker, session, pid, the rest of `row_cells`, slow, state) as drawn: the CPU bar
+    in colour, slow rows in red."""
     *texts, slow, state = (str(c) for c in cells)
     out: list[Cell] = [(text, "") for text in texts]
-    cpu = float(texts[6])
-    out[7] = (
-        texts[7].replace("#", "█").replace(".", "·"),
+    cpu = float(texts[7])
+    out[8] = (
+        texts[8].replace("#", "█").replace(".", "·"),
         "red" if cpu >= 50 else "yellow" if cpu >= 20 else "green",
     )
     if slow == "True":
-        out[4] = (texts[4], "bold red")
-        out[12] = (texts[12], "red")
+        out[5] = (texts[5], "bold red")
+        out[13] = (texts[13], "red")
     elif state in ("failed", "cancelled"):
-        out[4] = (texts[4], "yellow")
+        out[5] = (texts[5], "yellow")
     elif state == "ended":
-        out[4] = (texts[4], "dim")
+        out[5] = (texts[5], "dim")
     return out
 
 
@@ -377,6 +379,7 @@ class TopApp(App[None]):
     def _update_table(self, plan: TablePlan, views: dict[Path, WorkerView]) -> None:
         table = self.query_one("#sessions", SessionTable)
         table.show_column(0, len({path for path, _ in plan.rows.values()}) > 1)
+        table.show_column(2, any(row.pid is not None for _, row in plan.rows.values()))
         table.set_rows(plan.order, plan.cells)
         self._where = {key: (views[path], row) for key, (path, row) in plan.rows.items()}
 

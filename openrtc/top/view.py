@@ -143,9 +143,13 @@ def render_text(snapshots: Sequence[Snapshot], filters: Filters, sort: str, colo
             who = f"session {stall.session_id} ({stall.agent})" if stall.session_id else "no session"
             lines.append(paint(f"STALL NOW {stall.ms:.0f}ms by {who} at {stall.where}", BOLD, RED))
         selected = select(snap.sessions, filters, sort)
-        rows = [row_cells(r) for r in selected]
-        table = [COLUMNS, *rows]
-        widths = [max(len(row[i]) for row in table) for i in range(len(COLUMNS))]
+        rows: list[tuple[str, ...]] = [row_cells(r) for r in selected]
+        header: tuple[str, ...] = COLUMNS
+        if any(r.pid is not None for r in selected):  # process isolation: each session's own pid
+            header = (COLUMNS[0], "PID", *COLUMNS[1:])
+            rows = [(c[0], str(r.pid or "-"), *c[1:]) for c, r in zip(rows, selected, strict=True)]
+        table = [header, *rows]
+        widths = [max(len(row[i]) for row in table) for i in range(len(header))]
         for i, row in enumerate(table):
             line = "  ".join(cell.ljust(widths[j]) for j, cell in enumerate(row)).rstrip()
             lines.append(paint(line, RED) if i and selected[i - 1].slow else line)
@@ -165,7 +169,8 @@ class TablePlan:
     rows: dict[str, tuple[Path, SessionRow]]
     """Per row key (`<socket>|<session id>`): the worker's socket and the session."""
     cells: dict[str, Cells]
-    """Per row key: the worker label and `row_cells`, then `slow` and `state` (which set the styles)."""
+    """Per row key: the worker label, the session, its pid ("-" in the worker), the rest of `row_cells`,
+    then `slow` and `state` (which set the styles)."""
     order: list[str]
     """The row keys in display order."""
 
@@ -184,6 +189,8 @@ def plan_table(
             if passes(row, filters):
                 key = prefix + row.session_id
                 rows[key] = (path, row)
-                cells[key] = (label, *row_cells(row), row.slow, row.state)
+                session, *rest = row_cells(row)
+                pid = str(row.pid) if row.pid is not None else "-"
+                cells[key] = (label, session, pid, *rest, row.slow, row.state)
     order = sorted(rows, key=lambda k: order_key(rows[k][1], sort))
     return TablePlan(rows, cells, order)

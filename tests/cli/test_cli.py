@@ -68,7 +68,7 @@ def test_help_and_version() -> None:
         (["start", ".", "--loop", "tokio"], {}, "invalid choice"),
         (["start", "."], {"OPENRTC_MAX_SESSIONS": "-3"}, "OPENRTC_MAX_SESSIONS='-3'"),
         (["dev", "."], {"OPENRTC_LOG_FORMAT": "xml"}, "OPENRTC_LOG_FORMAT"),
-        (["start", ".", "--isolation", "process"], {}, "isolation='process' is not available"),
+        (["start", ".", "--isolation", "thread"], {}, "invalid choice"),
         (["start", "/no/such/folder"], {}, "does not exist"),
         (["dispatch", "a", "--metadata", "{bad"], {}, "not valid JSON"),
         (["dispatch", "a", "--metadata", "[1]"], {}, "must be a JSON object"),

@@ -69,7 +69,7 @@ async def test_one_worker_with_a_mix_of_states() -> None:
         assert shown_ids(app) == ["3f2a9c01", "8b1d0e77", "c0ffee11", "d00d0044", "e1e1e177", "f4f4f4aa"]
         table = app.query_one("#sessions", SessionTable)
         first = [str(c) for c in table.cells_of(0)]
-        assert first[:5] == ["4242", "3f2a9c01", "support", "acme", "running!"]
+        assert first[:6] == ["4242", "3f2a9c01", "-", "support", "acme", "running!"]
         assert first[-3:] == ["320ms agents/support.py:14 in lookup", "True", "running"]
         assert not app.query_one("#stall").display
         assert "6 of 6 sessions" in text_of(app, "#status")
@@ -88,7 +88,7 @@ async def test_refresh_redraws_only_rows_that_changed() -> None:
         assert drawn == 6  # every row on screen, once
         await app.refresh_now()
         await pilot.pause()
-        assert table.lines_drawn == drawn + 1 and table.cells_of(1)[6] == "25.0"
+        assert table.lines_drawn == drawn + 1 and table.cells_of(1)[7] == "25.0"
         assert shown_ids(app) == ["3f2a9c01", "8b1d0e77", "c0ffee11", "d00d0044", "e1e1e177"]
         await app.refresh_now()  # the same data again: nothing redrawn
         await pilot.pause()
@@ -121,6 +121,14 @@ async def test_cursor_follows_its_session_when_rows_reorder() -> None:
         await app.refresh_now()
         assert shown_ids(app)[:3] == ["3f2a9c01", "c0ffee11", "8b1d0e77"]
         assert app.selected()[1].session_id == "c0ffee112233"
+
+
+async def test_process_sessions_show_their_pid() -> None:
+    snap = mixed_snapshot()
+    snap = replace(snap, sessions=[replace(r, pid=9000 + i) for i, r in enumerate(snap.sessions)])
+    async with running(source(view(snap))) as (app, _):
+        table = app.query_one("#sessions", SessionTable)
+        assert table.cells_of(0)[1:3] == ("3f2a9c01", "9000") and 2 not in table._hidden
 
 
 async def test_an_ongoing_stall_is_pinned_with_its_line() -> None:

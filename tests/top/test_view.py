@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from openrtc import ProtocolError, SchemaVersionError
 from openrtc.introspection.schema import LastBlock, SessionRow, from_dict
 from openrtc.top.app import make_app
-from openrtc.top.view import Filters, cpu_bar, fmt_age, select
+from openrtc.top.view import Filters, cpu_bar, fmt_age, render_text, select
 from tests.top.fakes import source
 
 
@@ -74,3 +75,15 @@ def test_make_app_rejects_bad_arguments() -> None:
         make_app(source(), refresh_s=0)
     with pytest.raises(ValueError, match="sort must be one of"):
         make_app(source(), sort="nope")
+
+
+def test_once_table_shows_pids_of_process_sessions() -> None:
+    from tests.top.fakes import mixed_snapshot
+
+    snap = mixed_snapshot()
+    plain = render_text([snap], Filters(), "cpu")
+    assert " PID " not in plain
+    with_pids = replace(snap, sessions=[replace(r, pid=9000 + i) for i, r in enumerate(snap.sessions)])
+    lines = render_text([with_pids], Filters(), "cpu").splitlines()
+    assert lines[1].split()[:3] == ["SESSION", "PID", "AGENT"]
+    assert lines[2].split()[:3] == ["3f2a9c01", "9000", "support"]

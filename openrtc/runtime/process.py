@@ -1,0 +1,345 @@
+"""The worker's side of `isolation="process"`: the template process, and one child per session.
+
+`TemplateClient` starts the template (`openrtc.runtime.template`) and asks it for children;
+`run_in_child` is what a process session's root task runs: it relays the child's log records, forwards
+drain and cancel, and turns the child's end (or its death) into the session's state. `ChildWatch`
+reads each child's RSS and CPU from the OS once a second and enforces the per-session memory limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+from openrtc.errors import OpenRTCError
+from openrtc.introspection.wire import MAX_REPLY_BYTES, FrameDecoder, encode_frame
+from openrtc.runtime.agent import AgentSpec
+from openrtc.runtime.session import Session, SessionState
+from openrtc.runtime.template import CONTROL_MAX, pack, unpack
+
+log = logging.getLogger("openrtc.process")
+
+STOP_GRACE_S = 2.0
+"""After a cancel, how long a child has to unwind before SIGTERM, then again before SIGKILL."""
+EXIT_WAIT_S = 5.0
+"""How long to wait for the template to report a child's exit status."""
+
+
+class ChildFailed(OpenRTCError):
+    """A session's child process failed: raised its exception, exited non-zero, or died by a signal."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass
+class ChildStats:
+    """What the OS says about one session's process (written by `ChildWatch` on the loop)."""
+
+    pid: int
+    rss_mb: float = 0.0
+    peak_mb: float = 0.0
+    cpu_s: float = 0.0
+    samples: collections.deque[tuple[float, float]] = field(
+        default_factory=lambda: collections.deque(maxlen=64)
+    )
+    """(perf_counter, cpu_s) once a second: the snapshot's CPU% window."""
+    warned: bool = False
+    process: psutil.Process | None = None
+
+    def cpu_pct(self, window_s: float, now: float) -> float:
+        """The child's CPU over the last `window_s`, as % of one core."""
+        old = next(((t, c) for t, c in self.samples if now - t <= window_s), None)
+        if old is None or now - old[0] <= 0:
+            return 0.0
+        return max(0.0, (self.cpu_s - old[1]) / (now - old[0]) * 100)
+
+
+def agent_entry(spec: AgentSpec, origin: str | None) -> dict[str, Any]:
+    """How the template finds an agent: its file, else an importable `module:qualname`."""
+    if spec.source:
+        return {"name": spec.name, "source": spec.source}
+    if origin:
+        return {"name": spec.name, "origin": origin}
+    raise OpenRTCError(
+        f"agent {spec.name!r} cannot run with isolation='process': the child process must import it, so "
+        "define it in an agent file (pool.discover) or at module level of an importable module"
+    )
+
+
+class TemplateClient:
+    """One template process per pool; children are started through it and reported back by it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "openrtc.runtime.template", str(theirs.fileno())],
+            pass_fds=[theirs.fileno()],
+            close_fds=True,
+        )
+        theirs.close()
+        self._sock.setblocking(False)
+        self._waiting: dict[str, asyncio.Future[Any]] = {}
+        self._exits: dict[int, asyncio.Future[int]] = {}
+        self._loaded: asyncio.Future[dict[str, str]] | None = None
+        self._load_lock = asyncio.Lock()
+        loop.add_reader(self._sock.fileno(), self._on_readable)
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    async def load(self, agents: list[dict[str, Any]]) -> dict[str, str]:
+        """Import and prewarm these agents in the template; returns the errors by agent name."""
+        async with self._load_lock:  # one load in flight: the template answers them in order
+            self._loaded = self._loop.create_future()
+            self._sock.send(pack({"op": "load", "agents": agents}))
+            return await self._loaded
+
+    async def spawn(self, session: Session, log_level: int) -> tuple[int, socket.socket]:
+        """A child running `session`: its pid and the worker's end of its socket."""
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self._waiting[session.id] = future
+        message = {
+            "op": "start",
+            "id": session.id,
+            "agent": session.agent,
+            "tenant": session.tenant,
+            "metadata": session.metadata,
+            "log_level": log_level,
+        }
+        try:
+            self._sock.send(pack(message))
+            result: tuple[int, socket.socket] = await future
+        finally:
+            self._waiting.pop(session.id, None)
+        self._exits.setdefault(result[0], self._loop.create_future())
+        return result
+
+    def exit_status(self, pid: int) -> asyncio.Future[int]:
+        return self._exits.setdefault(pid, self._loop.create_future())
+
+    def _on_readable(self) -> None:
+        while True:
+            try:
+                data, fds, _, _ = socket.recv_fds(self._sock, CONTROL_MAX, 1)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self._gone(f"template socket failed: {exc}")
+                return
+            if not data:
+                self._gone("the template process exited")
+                return
+            message = unpack(data)
+            op = message.get("op")
+            if op == "loaded" and self._loaded is not None and not self._loaded.done():
+                self._loaded.set_result(message["errors"])
+            elif op == "started":
+                channel = socket.socket(fileno=fds[0])
+                future = self._waiting.get(message["id"])
+                if future is not None and not future.done():
+                    future.set_result((message["pid"], channel))
+                else:
+                    channel.close()
+            elif op == "start_failed":
+                future = self._waiting.get(message["id"])
+                if future is not None and not future.done():
+                    future.set_exception(
+                        OpenRTCError(f"template could not start the session: {message['message']}")
+                    )
+            elif op == "exit":
+                exit_future = self._exits.setdefault(message["pid"], self._loop.create_future())
+                if not exit_future.done():
+                    exit_future.set_result(int(message["status"]))
+
+    def _gone(self, why: str) -> None:
+        self._loop.remove_reader(self._sock.fileno())
+        error = OpenRTCError(why)
+        for future in [*self._waiting.values(), self._loaded]:
+            if future is not None and not future.done():
+                future.set_exception(error)
+        log.error("%s", why)
+
+    async def close(self) -> None:
+        """Stop the template; it takes any child still alive down with it."""
+        if self._sock.fileno() >= 0:
+            with contextlib.suppress(ValueError, RuntimeError):
+                self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self._proc.wait), 5.0)
+        except TimeoutError:
+            self._proc.kill()
+            await asyncio.to_thread(self._proc.wait)
+        for future in self._exits.values():
+            if not future.done():
+                future.cancel()
+
+
+def _describe_exit(status: int) -> tuple[str, str]:
+    if status < 0:
+        try:
+            name = signal.Signals(-status).name
+        except ValueError:
+            name = f"signal {-status}"
+        return "signal", f"the session's process died by {name}"
+    return "exit_code", f"the session's process exited with status {status}"
+
+
+async def run_in_child(template: TemplateClient, session: Session, log_level: int) -> None:
+    """The root task of a process session: returns when it ended, raises `ChildFailed` or is cancelled."""
+    pid, channel = await template.spawn(session, log_level)
+    session.pid = pid
+    session.child = ChildStats(pid)
+    reader, writer = await asyncio.open_unix_connection(sock=channel)
+    done: dict[str, Any] | None = None
+
+    async def forward_drain() -> None:
+        await session.draining.wait()
+        if not writer.is_closing():
+            writer.write(encode_frame({"op": "drain"}))
+
+    drainer = asyncio.create_task(forward_drain())
+    try:
+        decoder = FrameDecoder(MAX_REPLY_BYTES)
+        while data := await reader.read(65536):
+            for frame in decoder.feed(data):
+                if isinstance(frame, dict):
+                    done = _on_frame(session, frame) or done
+    except asyncio.CancelledError:
+        await _stop_child(session, writer, reader, template)
+        raise
+    finally:
+        drainer.cancel()
+        writer.close()
+    status = await _exit_status(template, pid)
+    if done is None:
+        if session.reason == "memory_limit":
+            raise ChildFailed(
+                "memory_limit", "the session's process went above memory_limit_mb and was killed"
+            )
+        if status == 0:
+            raise ChildFailed("exit_code", "the session's process exited without reporting an end")
+        raise ChildFailed(*_describe_exit(status))
+    if done["state"] == "failed":
+        raise ChildFailed(str(done.get("reason") or "exception"), str(done.get("error") or "failed"))
+    if done["state"] == "cancelled":
+        session._cancel_reason = session._cancel_reason or str(done.get("reason") or "cancelled")
+        raise asyncio.CancelledError(session._cancel_reason)
+
+
+def _on_frame(session: Session, frame: dict[str, Any]) -> dict[str, Any] | None:
+    op = frame.get("op")
+    if op == "log":
+        logging.getLogger(str(frame.get("name") or "openrtc.agent")).log(
+            int(frame.get("level", logging.INFO)),
+            "%s",
+            frame.get("message", ""),
+            extra={"session_id": session.id, "agent": session.agent},
+        )
+    elif op == "running":
+        if session.state is SessionState.STARTING:
+            session.state = SessionState.RUNNING
+        session.running_at = time.perf_counter()
+    elif op == "done":
+        return frame
+    return None
+
+
+async def _exit_status(template: TemplateClient, pid: int) -> int:
+    try:
+        return await asyncio.wait_for(asyncio.shield(template.exit_status(pid)), EXIT_WAIT_S)
+    except (TimeoutError, asyncio.CancelledError):
+        return 0
+
+
+async def _stop_child(
+    session: Session, writer: asyncio.StreamWriter, reader: asyncio.StreamReader, template: TemplateClient
+) -> None:
+    """Cancel, then SIGTERM, then SIGKILL: each after `STOP_GRACE_S` without an exit."""
+    reason = session._cancel_reason or "cancelled"
+    if not writer.is_closing():
+        writer.write(encode_frame({"op": "cancel", "reason": reason}))
+    exited = template.exit_status(session.pid or 0)
+    for sig in (None, signal.SIGTERM, signal.SIGKILL):
+        if sig is not None and session.pid:
+            try:
+                os.kill(session.pid, sig)
+            except ProcessLookupError:
+                return
+            session.log.warning("session process %d did not stop; sent %s", session.pid, sig.name)
+        try:
+            await asyncio.wait_for(asyncio.shield(exited), STOP_GRACE_S)
+            return
+        except TimeoutError:
+            continue
+
+
+class ChildWatch:
+    """Reads every child's RSS and CPU once a second; kills a child above the per-session limit."""
+
+    def __init__(self, sessions: Any, warn_mb: float | None, limit_mb: float | None) -> None:
+        self._sessions = sessions
+        self._warn_mb = warn_mb
+        self._limit_mb = limit_mb
+
+    async def run(self) -> None:
+        while True:
+            self.tick(time.perf_counter())
+            await asyncio.sleep(1.0)
+
+    def tick(self, now: float) -> None:
+        for session in list(self._sessions()):
+            child: ChildStats | None = session.child
+            if child is None or session.state.finished:
+                continue
+            try:
+                process = child.process = child.process or psutil.Process(child.pid)
+                with process.oneshot():
+                    rss = process.memory_info().rss / (1024 * 1024)
+                    times = process.cpu_times()
+            except psutil.Error:
+                continue
+            child.rss_mb, child.peak_mb = rss, max(child.peak_mb, rss)
+            child.cpu_s = times.user + times.system
+            child.samples.append((now, child.cpu_s))
+            self._check(session, child)
+
+    def _check(self, session: Session, child: ChildStats) -> None:
+        if self._warn_mb is not None:
+            if child.rss_mb > self._warn_mb and not child.warned:
+                child.warned = True
+                session.log.warning(
+                    "memory: session process %d RSS %.0f MB crossed memory_warn_mb=%g",
+                    child.pid,
+                    child.rss_mb,
+                    self._warn_mb,
+                )
+            elif child.rss_mb <= self._warn_mb and child.warned:
+                child.warned = False
+        if self._limit_mb is not None and child.rss_mb > self._limit_mb and session.reason != "memory_limit":
+            session.reason = "memory_limit"
+            session._cancel_reason = "memory_limit"
+            session.log.error(
+                "memory: session process %d RSS %.0f MB is above memory_limit_mb=%g; terminating it",
+                child.pid,
+                child.rss_mb,
+                self._limit_mb,
+            )
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signal.SIGKILL)

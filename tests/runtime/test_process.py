@@ -1,0 +1,293 @@
+"""isolation="process": one real child process per session, forked from a template that prewarmed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from openrtc import AgentPool, OpenRTCError, SessionState
+from openrtc.introspection.snapshot import build_snapshot
+from tests.conftest import wait_until, write_agent
+
+AGENTS = {
+    "polite": """\
+import os
+
+async def entrypoint(session):
+    session.log.info("hello from pid=%d tenant=%s meta=%s", os.getpid(), session.tenant, session.metadata)
+    await session.draining.wait()
+    session.log.info("drained politely")
+""",
+    "warm": """\
+import os
+from openrtc import Agent
+
+class Warm(Agent):
+    @classmethod
+    async def prewarm(cls, shared):
+        shared["model"] = f"loaded in {os.getpid()}"
+        with open(os.environ["WARM_MARKER"], "a") as f:
+            f.write(f"{os.getpid()}\\n")
+
+    async def run(self, session):
+        session.log.info("model %s", session.shared["model"])
+""",
+    "stubborn": """\
+import asyncio
+
+async def entrypoint(session):
+    await asyncio.sleep(3600)
+""",
+    "deaf": """\
+import asyncio, time
+
+async def entrypoint(session):
+    while True:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            time.sleep(60)  # ignores cancellation, and blocks its loop too
+""",
+    "boom": """\
+async def entrypoint(session):
+    raise ValueError("agent bug in a child")
+""",
+    "quitter": """\
+import sys
+
+async def entrypoint(session):
+    sys.exit(3)
+""",
+    "vanish": """\
+import os
+
+async def entrypoint(session):
+    os._exit(4)
+""",
+    "segfault": """\
+import os, signal
+
+async def entrypoint(session):
+    os.kill(os.getpid(), signal.SIGSEGV)
+""",
+    "hog": """\
+import asyncio
+
+async def entrypoint(session):
+    blob = bytearray(int(session.metadata["mb"]) * 1024 * 1024)
+    for i in range(0, len(blob), 4096):
+        blob[i] = 1  # touch every page: real RSS
+    await asyncio.sleep(3600)
+""",
+    "burner": """\
+import asyncio, time
+
+async def entrypoint(session):
+    while not session.draining.is_set():
+        started = time.process_time()
+        while time.process_time() - started < 0.05:
+            pass
+        await asyncio.sleep(0)
+""",
+}
+
+
+@pytest.fixture
+def agents(agents_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for name, source in AGENTS.items():
+        write_agent(agents_dir, name, source)
+    monkeypatch.setenv("WARM_MARKER", str(tmp_path / "warm.txt"))
+    return agents_dir
+
+
+def process_pool(agents: Path, sock_home: Path, **kw: Any) -> AgentPool:
+    pool = AgentPool(isolation="process", drain_timeout_s=kw.pop("drain_timeout_s", 1.0), **kw)
+    pool.discover(agents)
+    return pool
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_sessions_run_in_their_own_processes_from_a_prewarmed_template(
+    agents: Path, sock_home: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+
+    async def main() -> list[Any]:
+        async with process_pool(agents, sock_home) as pool:
+            warm = [await pool.start_session("warm") for _ in range(3)]
+            for handle in warm:
+                assert await handle is SessionState.ENDED
+            polite = await pool.start_session("polite", tenant="acme", metadata={"k": 1})
+            await wait_until(lambda: polite.session.state is SessionState.RUNNING)
+            assert polite.session.pid not in (None, os.getpid())
+            return [h.session for h in warm] + [polite.session]
+
+    sessions = asyncio.run(main())
+    pids = {s.pid for s in sessions}
+    assert len(pids) == 4 and os.getpid() not in pids  # a process per session
+    (template_pid,) = (tmp_path / "warm.txt").read_text().split()  # prewarm ran once, in the template
+    assert int(template_pid) not in pids | {os.getpid()}
+    models = [r for r in caplog.records if r.getMessage().startswith("model loaded in")]
+    assert [r.getMessage() for r in models] == [f"model loaded in {template_pid}"] * 3
+    assert {r.session_id for r in models} == {s.id for s in sessions[:3]}  # type: ignore[attr-defined]
+    hello = next(r for r in caplog.records if r.getMessage().startswith("hello from"))
+    assert f"pid={sessions[3].pid} tenant=acme meta={{'k': 1}}" in hello.getMessage()
+    assert hello.session_id == sessions[3].id and hello.agent == "polite"  # type: ignore[attr-defined]
+    assert any(r.getMessage() == "drained politely" for r in caplog.records)
+    assert all(gone(pid) for pid in pids if pid is not None)
+
+
+def test_drain_and_cancel_reach_the_child_then_term_then_kill(agents: Path, sock_home: Path) -> None:
+    async def main() -> dict[str, Any]:
+        async with process_pool(agents, sock_home, drain_timeout_s=0.5) as pool:
+            polite = await pool.start_session("polite")
+            stubborn = await pool.start_session("stubborn")
+            deaf = await pool.start_session("deaf")
+            cancelled = await pool.start_session("stubborn")
+            handles = [polite, stubborn, deaf, cancelled]
+            await wait_until(lambda: all(h.session.state is SessionState.RUNNING for h in handles))
+            assert pool.cancel(cancelled.id)
+            await cancelled
+            started = time.perf_counter()
+            await pool.drain()
+            return {"took": time.perf_counter() - started, "sessions": [h.session for h in handles]}
+
+    out = asyncio.run(main())
+    polite, stubborn, deaf, cancelled = out["sessions"]
+    assert (polite.state, polite.reason) == (SessionState.ENDED, None)
+    assert (stubborn.state, stubborn.reason) == (SessionState.CANCELLED, "drain_timeout")
+    assert (deaf.state, deaf.reason) == (SessionState.CANCELLED, "drain_timeout")  # after SIGTERM
+    assert (cancelled.state, cancelled.reason) == (SessionState.CANCELLED, "cancelled_by_user")
+    assert out["took"] < 0.5 + 2 * 2.0 + 1.5
+    assert all(gone(s.pid) for s in out["sessions"])
+
+
+def test_crashes_are_contained_with_their_reason(
+    agents: Path, sock_home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def main() -> dict[str, Any]:
+        async with process_pool(agents, sock_home) as pool:
+            bystander = await pool.start_session("polite")
+            ends = {}
+            for name in ("boom", "quitter", "vanish", "segfault"):
+                handle = await pool.start_session(name)
+                await handle
+                ends[name] = (handle.session.state, handle.session.reason)
+            assert bystander.session.state is SessionState.RUNNING  # the others carry on
+            after = await pool.start_session("warm")
+            ends["after"] = (await after, after.session.reason)
+            return {"ends": ends, "failed": pool.sessions_failed}
+
+    out = asyncio.run(main())
+    assert out["ends"] == {
+        "boom": (SessionState.FAILED, "exception"),
+        "quitter": (SessionState.FAILED, "sys_exit"),
+        "vanish": (SessionState.FAILED, "exit_code"),
+        "segfault": (SessionState.FAILED, "signal"),
+        "after": (SessionState.ENDED, None),
+    }
+    assert out["failed"] == 4
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("ValueError: agent bug in a child" in m for m in messages)  # the child's traceback
+    assert any("died by SIGSEGV" in m for m in messages)
+    assert any("exited with status 4" in m for m in messages)
+
+
+def test_memory_limit_is_per_session_process(
+    agents: Path, sock_home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def main() -> dict[str, Any]:
+        async with process_pool(agents, sock_home, memory_warn_mb=60, memory_limit_mb=150) as pool:
+            small = await pool.start_session("hog", metadata={"mb": 80})  # above warn, below limit
+            big = await pool.start_session("hog", metadata={"mb": 300})
+            await asyncio.wait_for(big, 15)
+            await wait_until(lambda: small.session.child is not None and small.session.child.rss_mb > 80, 10)
+            snapshot = build_snapshot(pool, pool._monitor, 0, None)  # type: ignore[arg-type]
+            return {"big": big.session, "small": small.session, "snapshot": snapshot}
+
+    out = asyncio.run(main())
+    assert (out["big"].state, out["big"].reason) == (SessionState.FAILED, "memory_limit")
+    assert out["small"].state is SessionState.CANCELLED  # by the drain at exit, not the limit
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("above memory_limit_mb=150; terminating it" in m for m in messages) == 1
+    assert sum("crossed memory_warn_mb=60" in m for m in messages) == 2  # each process, once
+    (row,) = [r for r in out["snapshot"]["sessions"] if r["session_id"] == out["small"].id]
+    assert row["pid"] == out["small"].pid and 80 < row["mem_mb"] < 150 and row["peak_mb"] >= row["mem_mb"]
+
+
+def test_snapshot_rows_carry_the_childs_pid_and_cpu(agents: Path, sock_home: Path) -> None:
+    async def main() -> dict[str, Any]:
+        async with process_pool(agents, sock_home) as pool:
+            burner = await pool.start_session("burner")
+            idle = await pool.start_session("polite")
+            await asyncio.sleep(3.5)
+            snapshot = build_snapshot(pool, pool._monitor, 0, None)  # type: ignore[arg-type]
+            return {"snapshot": snapshot, "burner": burner.id, "idle": idle.id}
+
+    out = asyncio.run(main())
+    rows = {r["session_id"]: r for r in out["snapshot"]["sessions"]}
+    assert rows[out["burner"]]["cpu_pct"] > 60 and rows[out["burner"]]["cpu_s"] > 1.5
+    assert rows[out["idle"]]["cpu_pct"] < 10
+    assert all(r["pid"] for r in rows.values()) and out["snapshot"]["worker"]["isolation"] == "process"
+
+
+async def local_agent(session: Any) -> None:
+    return None
+
+
+def test_agents_from_code_need_an_importable_home(sock_home: Path) -> None:
+    async def main() -> SessionState:
+        async with AgentPool(isolation="process", enable_introspection=False) as pool:
+            pool.add("here", local_agent)  # module level of an importable module: fine
+            return await (await pool.start_session("here"))
+
+    assert asyncio.run(main()) is SessionState.ENDED
+
+    async def nested() -> None:
+        async def inner(session: Any) -> None:
+            return None
+
+        pool = AgentPool(isolation="process", enable_introspection=False)
+        pool.add("inner", inner)
+        async with pool:
+            pass
+
+    with pytest.raises(OpenRTCError, match="define it in an agent file"):
+        asyncio.run(nested())
+
+
+def test_no_orphans_when_the_worker_is_killed(agents: Path, sock_home: Path) -> None:
+    from tests.cli.worker import Worker
+
+    worker = Worker("start", agents, sock_home, "--isolation", "process")
+    try:
+        worker.ready()
+        ids = worker.dispatch("stubborn", "--count", "3").stdout.split()
+        assert len(ids) == 3
+        deadline = time.monotonic() + 10
+        while len(psutil.Process(worker.proc.pid).children(recursive=True)) < 4:  # template + 3
+            assert time.monotonic() < deadline, "children did not start"
+            time.sleep(0.05)
+        family = psutil.Process(worker.proc.pid).children(recursive=True)
+        os.kill(worker.proc.pid, signal.SIGKILL)
+        worker.proc.wait()
+        deadline = time.monotonic() + 10
+        while not all(gone(p.pid) for p in family):
+            assert time.monotonic() < deadline, [p for p in family if not gone(p.pid)]
+            time.sleep(0.05)
+    finally:
+        worker.kill()
