@@ -187,7 +187,7 @@ class TopApp(App[None]):
     """The live view. Build it with `make_app`."""
 
     TITLE = "openrtc top"
-    AUTO_FOCUS = "#sessions"
+    AUTO_FOCUS = None  # `apply` focuses the table once it has something to show
     CSS = """
     #workers { height: auto; padding: 0 1; }
     #stall { height: auto; padding: 0 1; display: none; }
@@ -211,7 +211,6 @@ class TopApp(App[None]):
         Binding("t", "cycle_filter('tenant')", "tenant"),
         Binding("w", "cycle_worker", "worker"),
         Binding("x", "clear_filters", "clear"),
-        Binding("enter", "open_session", "details"),
         Binding("k", "cancel_session", "cancel"),
         Binding("p", "toggle_pause", "pause"),
         Binding("c", "sort('cpu')", "CPU", show=False),
@@ -322,6 +321,12 @@ class TopApp(App[None]):
             )
         empty.display = not fetch.workers
         table.display = bool(fetch.workers)
+        # Focus decides which keys the footer lists: set it here, the same on every Python and timing.
+        main = table.screen  # not `self.screen`: a detail or confirmation screen may be on top
+        if table.display and main.focused is None:
+            main.set_focus(table)
+        elif not table.display and main.focused is table:
+            main.set_focus(None)
         text = Text()
         for i, view in enumerate(fetch.workers):
             if i:

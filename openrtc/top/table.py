@@ -47,7 +47,7 @@ class SessionTable(ScrollView, can_focus=True):
         Binding("pagedown", "page(1)", "page down", show=False),
         Binding("home", "move(-1000000000)", "first", show=False),
         Binding("end", "move(1000000000)", "last", show=False),
-        Binding("enter", "select", "details", show=False),
+        Binding("enter", "select", "details"),
     ]
     COMPONENT_CLASSES = {"session-table--header", "session-table--cursor", "session-table--stripe"}
     DEFAULT_CSS = """
