@@ -177,7 +177,7 @@ def test_drain_and_cancel_reach_the_child_then_term_then_kill(agents: Path, sock
 
 
 def test_crashes_are_contained_with_their_reason(
-    agents: Path, sock_home: Path, caplog: pytest.LogCaptureFixture
+    agents: Path, sock_home: Path, caplog: pytest.LogCaptureFixture, run_loop: Any
 ) -> None:
     async def main() -> dict[str, Any]:
         async with process_pool(agents, sock_home) as pool:
@@ -192,7 +192,7 @@ def test_crashes_are_contained_with_their_reason(
             ends["after"] = (await after, after.session.reason)
             return {"ends": ends, "failed": pool.sessions_failed}
 
-    out = asyncio.run(main())
+    out = run_loop(main())  # asyncio and uvloop
     assert out["ends"] == {
         "boom": (SessionState.FAILED, "exception"),
         "quitter": (SessionState.FAILED, "sys_exit"),
@@ -289,5 +289,42 @@ def test_no_orphans_when_the_worker_is_killed(agents: Path, sock_home: Path) -> 
         while not all(gone(p.pid) for p in family):
             assert time.monotonic() < deadline, [p for p in family if not gone(p.pid)]
             time.sleep(0.05)
+    finally:
+        worker.kill()
+
+
+def test_no_fd_leak_and_nothing_left_after_sigterm(agents: Path, sock_home: Path) -> None:
+    async def churn() -> tuple[int, int]:
+        async with process_pool(agents, sock_home) as pool:
+            await (await pool.start_session("warm"))  # warm up: the template has loaded everything
+            before = len(os.listdir("/proc/self/fd"))
+            for _ in range(30):
+                await (await pool.start_session("warm"))
+            await asyncio.sleep(0.2)
+            return before, len(os.listdir("/proc/self/fd"))
+
+    before, after = asyncio.run(churn())
+    assert after <= before  # every child's socket closed
+
+    from tests.cli.worker import Worker
+
+    worker = Worker("start", agents, sock_home, "--isolation", "process", "--drain-timeout", "1")
+    try:
+        worker.ready()
+        worker.dispatch("polite", "--count", "2")
+        worker.dispatch("stubborn")
+        deadline = time.monotonic() + 10
+        while len(psutil.Process(worker.proc.pid).children(recursive=True)) < 4:
+            assert time.monotonic() < deadline, "children did not start"
+            time.sleep(0.05)
+        family = psutil.Process(worker.proc.pid).children(recursive=True)
+        assert worker.stop(signal.SIGTERM) == 0
+        assert all(gone(p.pid) for p in family)
+        ends = [r["message"] for r in worker.records() if r["message"].startswith("session ")]
+        assert sorted(m.split()[1] for m in ends if m.split()[1] != "started") == [
+            "cancelled",
+            "ended",
+            "ended",
+        ]
     finally:
         worker.kill()
