@@ -1,6 +1,8 @@
-"""`openrtc demo`: a worker on `agents_example/` in a child process, driven by a steady mixed load.
+"""`openrtc demo`: a worker on `agents_example/` in a child process, driven by a steady mixed load,
+with the live `openrtc top` on it. Quitting `top` (or Ctrl-C) stops the load and drains the worker.
 
-Until the live `openrtc top` exists, the demo prints what `openrtc top --once` shows every few seconds.
+`--no-tui` (or a stdout that is not a terminal) prints what `openrtc top --once` shows every few
+seconds instead.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from openrtc.errors import OpenRTCError, RemoteError
@@ -20,7 +24,15 @@ from openrtc.introspection.schema import from_dict
 from openrtc.top.view import Filters, render_text
 
 # What a realistic mix looks like: mostly healthy sessions, a few misbehaving ones.
-LOAD_MIX = {"chat": 40, "voice": 25, "support": 20, "blocking_fixed": 10, "blocking": 5}
+LOAD_MIX = {
+    "chat": 35,
+    "voice": 20,
+    "support": 15,
+    "blocking_fixed": 10,
+    "parser": 10,
+    "blocking": 5,
+    "leaky": 5,
+}
 
 
 def default_agents_dir() -> Path:
@@ -28,12 +40,19 @@ def default_agents_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "agents_example"
 
 
-def run_demo(agents: Path | None, duration: float | None, rate: float, status_every: float = 5.0) -> int:
+def run_demo(
+    agents: Path | None, duration: float | None, rate: float, tui: bool = True, status_every: float = 5.0
+) -> int:
     folder = agents or default_agents_dir()
     if not folder.is_dir():
         print(f"openrtc demo: agents folder {folder} not found; pass --agents DIR", file=sys.stderr)
         return 1
-    path = ensure_private_dir(socket_dir()) / f"demo-{os.getpid()}.sock"
+    tui = tui and sys.stdout.isatty()
+    home = ensure_private_dir(socket_dir())
+    path = home / f"demo-{os.getpid()}.sock"
+    log_path = home / f"demo-{os.getpid()}.log"
+    # Under the live view the worker's log goes to a file: its lines would tear the screen.
+    log_file = open(log_path, "w") if tui else None  # noqa: SIM115 - closed in `finally`
     worker = subprocess.Popen(
         [
             sys.executable,
@@ -48,20 +67,70 @@ def run_demo(agents: Path | None, duration: float | None, rate: float, status_ev
             "--drain-timeout",
             "3",
         ],
+        stderr=log_file,
     )
+    stop = threading.Event()
     try:
         client = _connect(path, worker)
         if client is None:
-            print("openrtc demo: the worker did not start; see its log above", file=sys.stderr)
+            where = f"see {log_path}" if tui else "see its log above"
+            print(f"openrtc demo: the worker did not start; {where}", file=sys.stderr)
             return 1
-        print(f"demo worker pid {worker.pid} on {path}; {rate:g} sessions/s; Ctrl-C stops it", flush=True)
-        _drive(client, worker, duration, rate, status_every)
+        if tui:
+            _with_live_view(client, worker, path, duration, rate, stop)
+        else:
+            print(f"demo worker pid {worker.pid} on {path}; {rate:g} sessions/s; Ctrl-C stops it", flush=True)
+            _drive(client, worker, duration, rate, stop, _printer(client, status_every))
     except KeyboardInterrupt:
         pass
     finally:
+        stop.set()
         _stop(worker)
+        if log_file is not None:
+            log_file.close()
     print(f"demo stopped; worker exited with {worker.returncode}", flush=True)
+    if log_file is not None:
+        print(f"the worker's log: {log_path}", flush=True)
     return 0
+
+
+def _with_live_view(
+    client: WorkerClient,
+    worker: subprocess.Popen[bytes],
+    path: Path,
+    duration: float | None,
+    rate: float,
+    stop: threading.Event,
+) -> None:
+    from openrtc.top.app import make_app
+    from openrtc.top.source import LiveSource
+
+    app = make_app(LiveSource(path), refresh_s=1.0)
+
+    def load() -> None:
+        _drive(client, worker, duration, rate, stop, None)
+        if not stop.is_set():  # the duration is over, or the worker died: close the view
+            app.call_from_thread(app.exit)
+
+    driver = threading.Thread(target=load, name="openrtc-demo-load", daemon=True)
+    driver.start()
+    try:
+        app.run()
+    finally:
+        stop.set()
+        driver.join(5)
+
+
+def _printer(client: WorkerClient, every: float) -> Callable[[float], None]:
+    next_at = [every]
+
+    def maybe_print(elapsed: float) -> None:
+        if elapsed >= next_at[0]:
+            snapshot = from_dict(client.request("snapshot"))
+            print(f"\n--- t={elapsed:.0f}s ---\n{render_text([snapshot], Filters(), 'cpu')}", flush=True)
+            next_at[0] += every
+
+    return maybe_print
 
 
 def _connect(path: Path, worker: subprocess.Popen[bytes], timeout: float = 15.0) -> WorkerClient | None:
@@ -81,28 +150,35 @@ def _drive(
     worker: subprocess.Popen[bytes],
     duration: float | None,
     rate: float,
-    status_every: float,
+    stop: threading.Event,
+    each_turn: Callable[[float], None] | None,
 ) -> None:
+    """Dispatch sessions of the mix at `rate` per second until `stop`, `duration` or the worker ends."""
     agents, weights = list(LOAD_MIX), list(LOAD_MIX.values())
     started = time.monotonic()
-    next_status = started + status_every
     interval = 1.0 / rate
     next_start = started
-    while worker.poll() is None and (duration is None or time.monotonic() - started < duration):
+    while not stop.is_set() and worker.poll() is None:
+        elapsed = time.monotonic() - started
+        if duration is not None and elapsed >= duration:
+            return
         agent = random.choices(agents, weights)[0]
         try:
-            client.request("dispatch", agent=agent, metadata={"caller": f"caller-{random.randrange(1000)}"})
+            metadata = {
+                "caller": f"caller-{random.randrange(1000)}",
+                "turns": random.randint(5, 25),
+                "frames": random.randint(250, 1500),  # voice: 5 to 30 s of audio
+            }
+            client.request("dispatch", agent=agent, metadata=metadata)
         except RemoteError as exc:
-            print(f"dispatch {agent}: {exc}", flush=True)
-        now = time.monotonic()
-        if now >= next_status:
-            snapshot = from_dict(client.request("snapshot"))
-            print(
-                f"\n--- t={now - started:.0f}s ---\n{render_text([snapshot], Filters(), 'cpu')}", flush=True
-            )
-            next_status += status_every
+            if each_turn is not None:  # under the live view, a refusal shows in the worker's counters
+                print(f"dispatch {agent}: {exc}", flush=True)
+        except OpenRTCError:
+            return  # the worker went away
+        if each_turn is not None:
+            each_turn(elapsed)
         next_start += interval
-        time.sleep(max(0.0, next_start - time.monotonic()))
+        stop.wait(max(0.0, next_start - time.monotonic()))
 
 
 def _stop(worker: subprocess.Popen[bytes]) -> None:

@@ -182,9 +182,14 @@ def build_parser(worker_defaults: dict[str, Any] | None = None) -> argparse.Argu
 
     demo = sub.add_parser(
         "demo",
-        help="run a worker on agents_example/ with a steady mixed load",
-        description="Start a worker on agents_example/ in a child process and drive a steady "
-        "mixed load (a few sessions misbehave). Ctrl-C stops both.",
+        help="run a worker on agents_example/ with a steady mixed load, and top on it",
+        description="Start a worker on agents_example/ in a child process, drive a steady mixed load "
+        "(a few sessions misbehave) and open the live `openrtc top` on it. Quitting top (q) or Ctrl-C "
+        "stops the load and drains the worker. --no-tui (or a stdout that is not a terminal) prints "
+        "the `top --once` table every 5 s instead.",
+    )
+    demo.add_argument(
+        "--no-tui", action="store_true", help="print the table every 5 s instead of the live view"
     )
     demo.add_argument("--agents", type=Path, metavar="DIR", help="agents folder (default: agents_example/)")
     demo.add_argument(
@@ -222,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from openrtc.cli.demo import run_demo
 
-        return run_demo(args.agents, args.duration, args.rate)
+        return run_demo(args.agents, args.duration, args.rate, tui=not args.no_tui)
     parser.error(f"unknown command {args.command!r}")
     return 2
 

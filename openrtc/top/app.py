@@ -41,7 +41,7 @@ COLUMNS: tuple[tuple[str, int, bool], ...] = (
     ("WORKER", 7, False),
     ("SESSION", 8, False),
     ("PID", 7, True),
-    ("AGENT", 10, False),
+    ("AGENT", 14, False),
     ("TENANT", 8, False),
     ("STATE", 9, False),
     ("AGE", 6, True),

@@ -10,6 +10,7 @@ from openrtc.introspection.schema import Block, SessionRow, Snapshot
 
 SORT_KEYS = ("cpu", "mem", "age", "blocks", "agent")
 STATES = ("starting", "running", "draining", "ended", "failed", "cancelled")
+FINISHED = frozenset({"ended", "failed", "cancelled"})
 
 
 @dataclass(frozen=True)
@@ -41,12 +42,14 @@ def passes(row: SessionRow, filters: Filters) -> bool:
     )
 
 
-def order_key(row: SessionRow, sort: str) -> tuple[bool, float | str, str]:
-    """Where `row` goes: slow sessions first, then by `sort` (descending, except `agent`)."""
+def order_key(row: SessionRow, sort: str) -> tuple[bool, bool, float | str, str]:
+    """Where `row` goes: slow sessions first, then live before finished, then by `sort` (descending,
+    except `agent`)."""
+    finished = row.state in FINISHED
     if sort == "agent":
-        return (not row.slow, row.agent, row.session_id)
+        return (not row.slow, finished, row.agent, row.session_id)
     value = {"cpu": row.cpu_pct, "mem": row.mem_mb, "age": row.duration_s, "blocks": float(row.blocks)}[sort]
-    return (not row.slow, -value, row.session_id)
+    return (not row.slow, finished, -value, row.session_id)
 
 
 def _matches(row: SessionRow, text: str) -> bool:

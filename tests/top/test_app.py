@@ -181,10 +181,12 @@ async def test_filter_keys_cycle_state_agent_tenant_and_clear() -> None:
 
 async def test_sort_keys() -> None:
     async with running(source(view(mixed_snapshot()))) as (app, pilot):
-        await pilot.press("o")  # age: the slow one stays first, then the oldest
-        assert app.sort == "age" and shown_ids(app)[:3] == ["3f2a9c01", "8b1d0e77", "f4f4f4aa"]
+        await pilot.press("o")  # age: the slow one first, then live ones oldest first, finished ones last
+        assert app.sort == "age"
+        assert shown_ids(app) == ["3f2a9c01", "8b1d0e77", "c0ffee11", "d00d0044", "f4f4f4aa", "e1e1e177"]
         await pilot.press("n")
-        assert app.sort == "agent" and shown_ids(app)[1:4] == ["c0ffee11", "d00d0044", "f4f4f4aa"]
+        assert app.sort == "agent"
+        assert shown_ids(app) == ["3f2a9c01", "c0ffee11", "d00d0044", "8b1d0e77", "f4f4f4aa", "e1e1e177"]
         await pilot.press("s")  # cycles on from agent back to cpu
         assert app.sort == "cpu"
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from openrtc.introspection.paths import ensure_private_dir
@@ -196,5 +197,26 @@ def test_top_in_tmux_against_a_real_worker(agents_dir: Path, sock_home: Path, wo
         tmux.wait_for("GONE")
         tmux("send-keys", "-t", "top", "q")
         wait_for(lambda: not tmux.alive(), what="top quit")
+    finally:
+        subprocess.run([*tmux.base, "kill-server"], capture_output=True, check=False)
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+def test_demo_opens_top_and_quitting_stops_everything(sock_home: Path, tmp_path: Path) -> None:
+    tmux = Tmux(f"openrtc-demo-{os.getpid()}")
+    out = tmp_path / "demo.out"
+    command = f"env XDG_RUNTIME_DIR={sock_home} {OPENRTC} demo --rate 20 > /dev/tty; echo exit=$? > {out}"
+    tmux("new-session", "-d", "-s", "top", "-x", "160", "-y", "40", command)
+    tmux("resize-window", "-t", "top", "-x", "160", "-y", "40")
+    try:
+        screen = tmux.wait_for("running", timeout=30)
+        assert "worker " in screen and " sessions " in screen
+        worker_pid = int(screen.split("worker ")[1].split()[0].split(":")[1])
+        family = [worker_pid, *(p.pid for p in psutil.Process(worker_pid).children(recursive=True))]
+        tmux.wait_for("blocking.py:14 in lookup_customer", timeout=30)  # the culprit, named
+        tmux("send-keys", "-t", "top", "q")
+        wait_for(lambda: out.exists() and out.read_text().strip() == "exit=0", timeout=30, what="demo exit 0")
+        assert all(not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie" for pid in family)
+        assert not list((sock_home / "openrtc").glob("*.sock"))
     finally:
         subprocess.run([*tmux.base, "kill-server"], capture_output=True, check=False)
