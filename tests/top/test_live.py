@@ -160,11 +160,12 @@ class Tmux:
     def screen(self) -> str:
         return self("capture-pane", "-p", "-t", "top")
 
-    def wait_for(self, text: str, timeout: float = 20.0) -> str:
+    def wait_for(self, text: str | Callable[[str], bool], timeout: float = 20.0) -> str:
+        """The screen once it shows `text` (or satisfies it): frames land part by part, so wait."""
         deadline = time.monotonic() + timeout
         while True:
             screen = self.screen()
-            if text in screen:
+            if text(screen) if callable(text) else text in screen:
                 return screen
             if time.monotonic() > deadline:
                 raise AssertionError(f"{text!r} not on screen after {timeout}s:\n{screen}")
@@ -181,12 +182,10 @@ def test_top_in_tmux_against_a_real_worker(agents_dir: Path, sock_home: Path, wo
     tmux("new-session", "-d", "-s", "top", "-x", "160", "-y", "30", command)
     tmux("resize-window", "-t", "top", "-x", "160", "-y", "30")
     try:
-        screen = tmux.wait_for(ids[0][:8])
+        screen = tmux.wait_for(lambda s: all(i[:8] in s for i in ids) and "3 of 3 sessions" in s)
         assert f"worker {socket.gethostname()}:{worker.proc.pid}" in screen
-        assert all(i[:8] in screen for i in ids) and "3 of 3 sessions" in screen
         tmux("send-keys", "-t", "top", "/", *ids[1][:6], "Enter")
-        screen = tmux.wait_for("1 of 3 sessions")
-        assert ids[1][:8] in screen and ids[0][:8] not in screen
+        tmux.wait_for(lambda s: "1 of 3 sessions" in s and ids[1][:8] in s and ids[0][:8] not in s)
         tmux("send-keys", "-t", "top", "k")
         tmux.wait_for("Cancel session")
         tmux("send-keys", "-t", "top", "y")
