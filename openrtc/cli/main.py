@@ -235,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run_worker(parser: argparse.ArgumentParser, args: argparse.Namespace, reload: bool) -> int:
     from openrtc.cli.logs import configure_logging
     from openrtc.runtime.loops import loop_factory
-    from openrtc.runtime.pool import AgentPool
+    from openrtc.runtime.pool import AgentPool, run_worker_loop
     from openrtc.runtime.reload import Reloader
 
     configure_logging(args.log_level, args.log_format)
@@ -273,8 +273,7 @@ def _run_worker(parser: argparse.ArgumentParser, args: argparse.Namespace, reloa
                 watcher.cancel()
 
     try:
-        with asyncio.Runner(loop_factory=factory) as runner:
-            runner.run(serve())
+        run_worker_loop(serve(), factory)
     except OpenRTCError as exc:
         log.error("%s", exc)
         return 1

@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +22,7 @@ from openrtc.introspection.monitor import Monitor
 from openrtc.introspection.paths import bind_worker_socket, ensure_private_dir, socket_dir
 from openrtc.introspection.server import Respond, Server
 from openrtc.introspection.snapshot import build_snapshot
-from openrtc.introspection.wire import PROTOCOL_VERSION, error_reply, ok_reply
+from openrtc.introspection.wire import PROTOCOL_VERSION, encode_frame, error_reply, ok_reply
 from openrtc.runtime.loops import loop_name
 
 if TYPE_CHECKING:
@@ -31,6 +32,9 @@ log = logging.getLogger("openrtc.daemon")
 
 MAX_DISPATCH_COUNT = 10_000
 """Most sessions one `dispatch` request may start."""
+SNAPSHOT_REUSE_S = 0.2
+"""Requests within this long of a snapshot get the same encoded bytes: a burst of clients (200 `top
+--once` at once) costs a few builds, not one each, and leaves the event loop its share of the GIL."""
 
 
 class Daemon:
@@ -47,6 +51,7 @@ class Daemon:
         path = pool.config.socket_path
         self.socket_path: Path = path if path is not None else socket_dir() / f"{os.getpid()}.sock"
         self._hostname = socket.gethostname()
+        self._snapshot_cache: tuple[float, bytes] | None = None
 
     def start(self) -> None:
         if self._thread is not None:
@@ -123,7 +128,12 @@ class Daemon:
         )
 
     def _op_snapshot(self, request: dict[str, Any], respond: Respond) -> None:
-        respond(ok_reply(self.snapshot()))
+        # Runs on the server thread only: the cache needs no lock.
+        now = time.monotonic()
+        cached = self._snapshot_cache
+        if cached is None or now - cached[0] > SNAPSHOT_REUSE_S:
+            cached = self._snapshot_cache = (now, encode_frame(ok_reply(self.snapshot())))
+        respond(cached[1])
 
     def _op_dispatch(self, request: dict[str, Any], respond: Respond) -> None:
         agent, tenant, metadata, count = (request.get(k) for k in ("agent", "tenant", "metadata", "count"))

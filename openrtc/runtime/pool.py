@@ -9,7 +9,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,8 +34,40 @@ log = logging.getLogger("openrtc.pool")
 
 CANCEL_GRACE_S = 5.0
 """After a drain cancels what is left, how long it waits for those sessions to unwind."""
+LEFTOVER_GRACE_S = 1.0
+"""After the drain, how long tasks still alive (stray tasks, sessions already abandoned) get to end."""
 RECENTLY_ENDED_MAX = 1000
 """Finished sessions remembered for snapshots (which show those ended in the last few seconds)."""
+
+
+def run_worker_loop(
+    main: Coroutine[Any, Any, None], factory: Callable[[], asyncio.AbstractEventLoop]
+) -> None:
+    """Run `main` on a new loop, like `asyncio.run`, but never wait forever for leftover tasks."""
+    loop = factory()
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(main)
+        _cancel_leftovers(loop)
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
+def _cancel_leftovers(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel the tasks still alive after a drain, and wait for them a bounded time.
+
+    `asyncio.run` and `asyncio.Runner` wait for every cancelled task without limit, so one task that
+    ignores cancellation (caught in a loop) would keep the worker from ever exiting.
+    """
+    pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    for task in pending:
+        task.cancel()
+    if pending:
+        _, stuck = loop.run_until_complete(asyncio.wait(pending, timeout=LEFTOVER_GRACE_S))
+        if stuck:
+            log.error("%d tasks ignored cancellation; exiting without them", len(stuck))
 
 
 class AgentPool:
@@ -295,8 +327,7 @@ class AgentPool:
 
     def run(self, loop: str = "auto") -> None:
         """Run the worker until SIGTERM/SIGINT or `drain()`, then drain and return."""
-        with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
-            runner.run(self.serve())
+        run_worker_loop(self.serve(), loop_factory(loop))
 
     async def serve(self) -> None:
         """Start, wait for SIGTERM/SIGINT or a drain request, drain, close."""
@@ -347,12 +378,16 @@ class AgentPool:
                 for session in list(self._sessions.values()):
                     cancel_session(session, "drain_timeout")
                 _, stuck = await asyncio.wait(pending, timeout=CANCEL_GRACE_S)
+                by_root = {s._root: s for s in sessions}
                 for task in stuck:
                     log.error(
                         "session task %s ignored cancellation for %.0fs; abandoning it",
                         task.get_name(),
                         CANCEL_GRACE_S,
                     )
+                    abandoned = by_root.get(task)
+                    if abandoned is not None:
+                        self._finish(abandoned)  # accounted for now: its task may never end
         log.info("drained: started=%d failed=%d", self.sessions_started, self.sessions_failed)
 
     # -- sessions -------------------------------------------------------------------------------
@@ -523,6 +558,8 @@ class AgentPool:
 
     def _finish(self, session: Session) -> None:
         """Bookkeeping when a root task is done, however it ended (even cancelled before its first step)."""
+        if session.id not in self._sessions:
+            return  # already finished: abandoned by a drain, and its task ended later after all
         if not session.state.finished:
             session.state = SessionState.CANCELLED
             session.reason = session._cancel_reason or "cancelled"
