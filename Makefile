@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench snapshots-update clean
+.PHONY: demo test lint bench soak snapshots-update clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# A worker under session churn for SOAK_SECONDS (default 20 minutes); report in benchmarks/out/soak/.
+SOAK_SECONDS ?= 1200
+soak: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[soak]'
+	SOAK_SECONDS=$(SOAK_SECONDS) $(BIN)/python benchmarks/soak.py
+
 # After a deliberate change of how `top` looks: rewrite the screenshots, then review their diff.
 snapshots-update: $(STAMP)
 	$(BIN)/python -m pytest tests/top/test_snapshots.py --snapshot-update
@@ -32,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_introspection.py
 	$(BIN)/python benchmarks/bench_top.py
 	$(BIN)/python benchmarks/bench_process.py
+	$(BIN)/python benchmarks/bench_clients.py
 
 clean:
 	rm -rf .venv .venv-* .pytest_cache .mypy_cache .ruff_cache

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from openrtc.errors import ConfigError, OpenRTCError, SessionRefused, UnknownAgentError
+from openrtc.introspection.schema import ENDED_KEEP_S
 from openrtc.introspection.timing import SessionStats
 from openrtc.runtime.admission import Limits, check_admission
 from openrtc.runtime.agent import AgentSpec, make_spec
@@ -37,7 +38,8 @@ CANCEL_GRACE_S = 5.0
 LEFTOVER_GRACE_S = 1.0
 """After the drain, how long tasks still alive (stray tasks, sessions already abandoned) get to end."""
 RECENTLY_ENDED_MAX = 1000
-"""Finished sessions remembered for snapshots (which show those ended in the last few seconds)."""
+"""At most this many finished sessions are remembered for snapshots, and none longer than the
+snapshots show them (`ENDED_KEEP_S`)."""
 
 
 def run_worker_loop(
@@ -127,6 +129,7 @@ class AgentPool:
         self._monitor: Monitor | None = None
         self._daemon: Daemon | None = None
         self.recently_ended: collections.deque[Session] = collections.deque(maxlen=RECENTLY_ENDED_MAX)
+        self._prune_timer: asyncio.TimerHandle | None = None
         """Finished sessions, newest last, for the snapshot's recently-ended rows."""
 
     # -- agents ---------------------------------------------------------------------------------
@@ -311,6 +314,9 @@ class AgentPool:
         if self._state in ("running", "draining"):
             await self.drain()
         self._state = "closed"
+        if self._prune_timer is not None:
+            self._prune_timer.cancel()
+            self._prune_timer = None
         if self._child_watch is not None:
             self._child_watch.cancel()
             self._child_watch = None
@@ -570,7 +576,10 @@ class AgentPool:
             for task in leftovers:
                 task.cancel(msg="session_ended")
         del self._sessions[session.id]
-        self.recently_ended.append(session)
+        session.tasks = set()  # the finished tasks (and the frames their results hold) can go
+        if self._monitor is not None:  # only snapshots show ended sessions: off keeps none (and no timer)
+            self.recently_ended.append(session)
+            self._prune_ended()
         self._by_agent[session.agent] -= 1
         if self._by_agent[session.agent] <= 0:
             del self._by_agent[session.agent]
@@ -584,6 +593,19 @@ class AgentPool:
             session.reason or "-",
             session.ended_at - session.started_mono,
         )
+
+    def _prune_ended(self) -> None:
+        """Forget ended sessions once no snapshot shows them; re-arms itself while some remain."""
+        ended, now = self.recently_ended, time.perf_counter()
+        while ended and ended[0].ended_at is not None and now - ended[0].ended_at > ENDED_KEEP_S:
+            ended.popleft()
+        if ended and self._prune_timer is None and self._loop is not None and not self._loop.is_closed():
+
+            def again() -> None:
+                self._prune_timer = None
+                self._prune_ended()
+
+            self._prune_timer = self._loop.call_later(ENDED_KEEP_S + 1.0, again)
 
     def session_of(self, task: asyncio.Future[Any]) -> Session | None:
         """The session that owns a task; None when untagged or introspection is off."""
