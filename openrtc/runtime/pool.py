@@ -129,8 +129,8 @@ class AgentPool:
         self._monitor: Monitor | None = None
         self._daemon: Daemon | None = None
         self.recently_ended: collections.deque[Session] = collections.deque(maxlen=RECENTLY_ENDED_MAX)
-        self._prune_timer: asyncio.TimerHandle | None = None
         """Finished sessions, newest last, for the snapshot's recently-ended rows."""
+        self._prune_timer: asyncio.TimerHandle | None = None
 
     # -- agents ---------------------------------------------------------------------------------
 
