@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import pytest
 
 from openrtc.runtime.loops import loop_factory
+from tests.cli.worker import Worker
 
 T = TypeVar("T")
 LOOP_KINDS = ["asyncio", "uvloop"]
@@ -41,6 +42,15 @@ def sock_home(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(home))
     yield home
     shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def workers() -> Iterator[list[Worker]]:
+    """Real worker processes a test starts; killed at the end, whatever happened."""
+    started: list[Worker] = []
+    yield started
+    for worker in started:
+        worker.kill()
 
 
 @pytest.fixture

@@ -6,11 +6,8 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from openrtc.introspection.client import WorkerClient
 from openrtc.top.source import LiveSource
@@ -69,14 +66,6 @@ import sys
 async def entrypoint(session):
     sys.exit(2)
 """
-
-
-@pytest.fixture
-def workers() -> Iterator[list[Worker]]:
-    started: list[Worker] = []
-    yield started
-    for worker in started:
-        worker.kill()
 
 
 def start(agents: Path, home: Path, workers: list[Worker], *flags: str) -> Worker:

@@ -81,18 +81,7 @@ def test_runbook_blocks_run(runbook: Path, tmp_path: Path, sock_home: Path) -> N
             elif lang == "sh":
                 # One shell per block, as a reader types it: `&`, `%1` and variables carry over.
                 script = "set -e -x\n" + "\n".join(commands(body))
-                done = subprocess.run(
-                    ["bash", "-c", script],
-                    check=False,
-                    cwd=tmp_path,
-                    env=env,
-                    capture_output=True,
-                    timeout=120,
-                )
-                assert done.returncode == 0, (
-                    f"{runbook.name} block {i} exited {done.returncode}\n"
-                    f"{done.stdout.decode()}\n{done.stderr.decode()}"
-                )
+                _must_pass(["bash", "-c", script], f"{runbook.name} block {i}", tmp_path, env)
                 ran += 1
             elif lang == "python":
                 ran += _run_python(runbook, i, body, tmp_path, env)
@@ -111,28 +100,24 @@ def _stop_all(background: list[tuple[str, subprocess.Popen[bytes]]], runbook: Pa
 
 
 def _run_python(runbook: Path, i: int, code: str, tmp_path: Path, env: dict[str, str]) -> int:
+    what = f"{runbook.name} python block {i}"
     if is_agent(code):
         folder = tmp_path / f"snippet-{i}"
         folder.mkdir()
         (folder / f"snippet_{i}.py").write_text(code)
-        done = subprocess.run(
-            [str(BIN / "openrtc"), "list", str(folder)], check=False, env=env, capture_output=True, timeout=60
-        )
+        _must_pass([str(BIN / "openrtc"), "list", str(folder)], what, tmp_path, env)
     else:
         script = tmp_path / f"snippet_{i}.py"
         script.write_text(code)
-        done = subprocess.run(
-            [sys.executable, str(script)],
-            check=False,
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            timeout=120,
-        )
-    assert done.returncode == 0, (
-        f"{runbook.name} python block {i} failed:\n{done.stdout.decode()}\n{done.stderr.decode()}"
-    )
+        _must_pass([sys.executable, str(script)], what, tmp_path, env)
     return 1
+
+
+def _must_pass(args: list[str], what: str, cwd: Path, env: dict[str, str]) -> None:
+    done = subprocess.run(args, check=False, cwd=cwd, env=env, capture_output=True, timeout=120)
+    assert done.returncode == 0, (
+        f"{what} exited {done.returncode}\n{done.stdout.decode()}\n{done.stderr.decode()}"
+    )
 
 
 def _wait_for_workers(home: Path, count: int, timeout: float = 20.0) -> None:

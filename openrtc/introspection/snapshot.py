@@ -148,62 +148,41 @@ def _add_step_in_progress(
         return
 
 
-def _child_row(session: Session, child: Any, span: float, now: float, active: bool) -> dict[str, Any]:
-    ended = session.ended_at if not active else None
-    return {
-        "session_id": session.id,
-        "agent": session.agent,
-        "tenant": session.tenant,
-        "state": session.state.value,
-        "reason": session.reason,
-        "pid": child.pid,
-        "started_at": session.started_at,
-        "duration_s": round((ended or now) - session.started_mono, 3),
-        "cpu_pct": round(child.cpu_pct(span, now), 2) if active else 0.0,
-        "cpu_s": round(child.cpu_s, 4),
-        "mem_mb": round(child.rss_mb, 2) if active else 0.0,
-        "peak_mb": round(child.peak_mb, 2),
-        "tasks": 0,
-        "slow": False,
-        "blocks": 0,
-        "last_block": None,
-    }
-
-
 def _row(
     session: Session, monitor: Monitor, oldest: int, span: float, now: float, share: float, active: bool
 ) -> dict[str, Any]:
     stats = session.stats
-    busy = stats.busy_ns if stats is not None else 0
     child = session.child
+    duration = (now if active else session.ended_at or now) - session.started_mono
     if child is not None:  # its own process: the OS's figures, not the worker loop's
-        return _child_row(session, child, span, now, active)
-    if active:
-        ring = stats.cpu_ring if stats is not None else None
-        cpu = share_pct(busy - (ring[oldest] if ring is not None else 0), span)
-        mem = share
-        peak = monitor.peak_share_since(session.started_mono, share)
-        duration = now - session.started_mono
+        cpu = child.cpu_pct(span, now) if active else 0.0
+        cpu_s = child.cpu_s
+        mem = child.rss_mb if active else 0.0
+        peak = child.peak_mb
     else:
-        cpu, mem = 0.0, 0.0
-        peak = monitor.peak_share_since(session.started_mono, 0.0)
-        duration = (session.ended_at or now) - session.started_mono
-    last_block = stats.last_block if stats is not None else None
+        busy = stats.busy_ns if stats is not None else 0
+        ring = stats.cpu_ring if stats is not None else None
+        cpu = share_pct(busy - (ring[oldest] if ring is not None else 0), span) if active else 0.0
+        cpu_s = busy / 1e9
+        mem = share if active else 0.0
+        peak = monitor.peak_share_since(session.started_mono, mem)
+    watched = stats is not None and child is None  # stalls inside a child are not watched
+    last_block = stats.last_block if watched else None
     return {
         "session_id": session.id,
         "agent": session.agent,
         "tenant": session.tenant,
         "state": session.state.value,
         "reason": session.reason,
-        "pid": None,
+        "pid": session.pid,
         "started_at": session.started_at,
         "duration_s": round(duration, 3),
         "cpu_pct": round(cpu, 2),
-        "cpu_s": round(busy / 1e9, 4),
+        "cpu_s": round(cpu_s, 4),
         "mem_mb": round(mem, 2),
         "peak_mb": round(peak, 2),
-        "tasks": live_tasks(session) if active else 0,
-        "slow": stats is not None and stats.blocks > 0 and now - stats.last_block_mono <= SLOW_FOR_S,
-        "blocks": stats.blocks if stats is not None else 0,
+        "tasks": live_tasks(session) if active and child is None else 0,
+        "slow": watched and stats.blocks > 0 and now - stats.last_block_mono <= SLOW_FOR_S,
+        "blocks": stats.blocks if watched else 0,
         "last_block": plain(last_block) if last_block is not None else None,
     }

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -26,14 +26,6 @@ POLITE = """\
 async def entrypoint(session):
     await session.draining.wait()
 """
-
-
-@pytest.fixture
-def workers() -> Iterator[list[Worker]]:
-    started: list[Worker] = []
-    yield started
-    for worker in started:
-        worker.kill()
 
 
 def start_worker(agents: Path, home: Path, workers: list[Worker]) -> Worker:

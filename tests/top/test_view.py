@@ -8,33 +8,10 @@ from typing import Any
 import pytest
 
 from openrtc import ProtocolError, SchemaVersionError
-from openrtc.introspection.schema import LastBlock, SessionRow, from_dict
+from openrtc.introspection.schema import LastBlock, from_dict
 from openrtc.top.app import make_app
 from openrtc.top.view import Filters, cpu_bar, fmt_age, render_text, select
-from tests.top.fakes import source
-
-
-def row(sid: str, **kw: Any) -> SessionRow:
-    base: dict[str, Any] = dict(
-        session_id=sid,
-        agent="a",
-        tenant=None,
-        state="running",
-        reason=None,
-        pid=None,
-        started_at=0.0,
-        duration_s=1.0,
-        cpu_pct=0.0,
-        cpu_s=0.0,
-        mem_mb=1.0,
-        peak_mb=1.0,
-        tasks=1,
-        slow=False,
-        blocks=0,
-        last_block=None,
-    )
-    base.update(kw)
-    return SessionRow(**base)
+from tests.top.fakes import row, source
 
 
 def test_select_filters_and_sorts_slow_first() -> None:
