@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -39,24 +40,35 @@ def _choice(*choices: str) -> Callable[[str], str]:
     return parse
 
 
+class BadValue(argparse.ArgumentTypeError, ValueError):
+    """A flag or variable value that does not parse: argparse shows its message as it is."""
+
+
+def _number(text: str, kind: type[float] | type[int]) -> float:
+    try:
+        return kind(text)
+    except ValueError:
+        raise BadValue(f"expected {'a whole number' if kind is int else 'a number'}, got {text!r}") from None
+
+
 def positive_int(text: str) -> int:
-    value = int(text)
+    value = int(_number(text, int))
     if value <= 0:
-        raise ValueError(f"must be > 0, got {value}")
+        raise BadValue(f"must be > 0, got {text}")
     return value
 
 
 def positive_float(text: str) -> float:
-    value = float(text)
+    value = _number(text, float)
     if not value > 0:
-        raise ValueError(f"must be > 0, got {text}")
+        raise BadValue(f"must be > 0, got {text}")
     return value
 
 
 def non_negative_float(text: str) -> float:
-    value = float(text)
+    value = _number(text, float)
     if not value >= 0:
-        raise ValueError(f"must be >= 0, got {text}")
+        raise BadValue(f"must be >= 0, got {text}")
     return value
 
 
