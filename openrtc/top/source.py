@@ -80,7 +80,7 @@ class LiveSource:
             check_private_dir(self.folder)
         except SocketError:
             return []  # missing (no worker yet) or unsafe: the empty screen names the folder
-        return sorted(p for p in self.folder.glob("*.sock") if not remove_if_dead(p))
+        return sorted(self.folder.glob("*.sock"))
 
     def fetch(self) -> Fetch:
         now = self._clock()
@@ -93,6 +93,9 @@ class LiveSource:
                 views[path] = WorkerView(path, None, str(exc), False)
                 continue
             except OpenRTCError as exc:
+                # Only a failed read pays for the liveness probe that may remove a dead socket.
+                if self._socket is None:
+                    remove_if_dead(path)
                 if path in self._last:
                     self._gone_since.setdefault(path, now)
                     views[path] = WorkerView(path, self._last[path], str(exc), True)
