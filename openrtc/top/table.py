@@ -92,8 +92,9 @@ class SessionTable(ScrollView, can_focus=True):
     # -- data -------------------------------------------------------------------------------------
 
     def set_rows(self, order: list[str], cells: dict[str, RowCells]) -> None:
-        """Show `order` with these cells; the cursor stays on the key it was on, if still there."""
-        key = self.cursor_key
+        """Show `order` with these cells. A cursor on the first row stays there (the top of the list
+        is what is being watched); a cursor the user moved stays on its session, if still there."""
+        key = self.cursor_key if self.cursor > 0 else None
         self.order = order
         self._cells = cells
         if len(self._strips) > 2 * len(cells) + 256:  # forget rows that left, now and then

@@ -268,3 +268,14 @@ async def test_a_failing_source_is_reported_not_fatal() -> None:
         assert app.refreshes == 1 and len(shown_ids(app)) == 6
         await app.refresh_now()
         assert app.refreshes == 2 and len(shown_ids(app)) == 6
+
+
+async def test_a_cursor_on_the_first_row_stays_at_the_top() -> None:
+    first = mixed_snapshot()
+    rows = list(first.sessions)
+    rows[2] = replace(rows[2], cpu_pct=90.0, slow=True)  # c0ffee11 overtakes the first row
+    src = FakeSource([Fetch(FOLDER, (view(first),)), Fetch(FOLDER, (view(replace(first, sessions=rows)),))])
+    async with running(src) as (app, _):
+        assert app.selected() is not None and app.selected()[1].session_id == "3f2a9c01d4e5"
+        await app.refresh_now()
+        assert app.selected()[1].session_id == "c0ffee112233"  # the new top, not the old row
