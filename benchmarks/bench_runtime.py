@@ -26,6 +26,7 @@ import psutil
 from openrtc import AgentPool, Session
 from openrtc.introspection.client import WorkerClient
 from openrtc.introspection.tagging import TaskTagger
+from openrtc.introspection.timing import SessionStats, StepClock
 from openrtc.runtime.loops import loop_factory
 from openrtc.runtime.session import current_session
 
@@ -52,7 +53,8 @@ def tagging_cost(loop_kind: str, rounds: int = 21, batch: int = 20_000) -> dict[
     """ns per task created and finished inside a session, under three factories, rotated each round.
 
     `none` is what a user without openrtc pays; `passthrough` is a Python factory that only builds the
-    task, the floor of any Python-level factory; `tagger` is ours. GC is collected before and disabled
+    task, the floor of any Python-level factory; `tagger` is ours (it tags the task and wraps its
+    coroutine so each step is timed, as in a worker). GC is collected before and disabled
     during each batch so that one setting does not pay for another's garbage.
     """
 
@@ -62,11 +64,12 @@ def tagging_cost(loop_kind: str, rounds: int = 21, batch: int = 20_000) -> dict[
     async def main() -> dict[str, float]:
         loop = asyncio.get_running_loop()
         session = Session("bench", "bench", None, {}, {}, asyncio.Event())
+        session.stats = SessionStats(session)
         ctx = contextvars.copy_context()
         ctx.run(current_session.set, session)
         samples: dict[str, list[float]] = {"none": [], "passthrough": [], "tagger": []}
         order = list(samples)
-        tagger = TaskTagger()
+        tagger = TaskTagger(StepClock(2**62, lambda *_: None))  # tags and times, as in a worker
         for _ in range(rounds):
             order = order[1:] + order[:1]
             for name in order:
@@ -111,12 +114,9 @@ async def idle(session):
 
 async def main():
     proc = psutil.Process()
-    async with AgentPool(enable_introspection=False, drain_timeout_s=5) as pool:
-        tagger = None
-        if TAGGING:  # tagging alone: no socket thread, so the difference is the tag's own cost
-            from openrtc.introspection.tagging import TaskTagger
-            tagger = TaskTagger()
-            tagger.install(asyncio.get_running_loop())
+    # Introspection's threads and socket are there before the baseline: the difference is per session
+    # (its stats, its task's wrapper and entry).
+    async with AgentPool(enable_introspection=TAGGING, drain_timeout_s=5) as pool:
         pool.add("idle", idle)
         for _ in range(200):  # warm up allocator pools and code paths
             await pool.start_session("idle")
@@ -132,8 +132,6 @@ async def main():
         print(json.dumps({"rss_before_mb": before / 2**20, "rss_after_mb": after / 2**20,
                           "bytes_per_session": (after - before) / N}))
         await pool.drain()
-        if tagger:
-            tagger.uninstall()
 
 with asyncio.Runner(loop_factory=loop_factory(LOOP)) as r:
     r.run(main())

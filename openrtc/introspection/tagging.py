@@ -2,18 +2,20 @@
 
 The session travels in a context variable set in the session's root context, so every task and
 callback spawned from the session inherits it. The factory reads it (from the `context=` argument when
-given, as uvloop always does, else from the current context), lets the previous factory or `asyncio.Task`
-build the task, then adds the task to the session's task set.
+given, as uvloop always does, else from the current context), wraps the coroutine so its steps are
+timed (`timing.TimedCoroutine`), lets the previous factory or `asyncio.Task` build the task, then files
+the task under its coroutine in the session's `tasks`.
 
-The factory is on the path of every task the worker creates, so it does the least it can: one set
-insertion, no done callback (a done callback costs a loop turn per task). Finished tasks are pruned from
-the set lazily, when it has doubled since the last prune, which keeps it at most twice the live count.
+The factory is on the path of every task the worker creates, so it does the least it can: one dict
+insertion, no done callback (a done callback costs a loop turn per task). The wrapper takes the entry
+out when its coroutine ends, so `tasks` holds exactly the live tasks: finished ones are not kept alive
+(keeping them, even pruned lazily, held tens of thousands of objects on a busy worker and made every
+garbage collection slower).
 """
 
 from __future__ import annotations
 
 import asyncio
-import operator
 import sys
 from collections.abc import Coroutine, Generator
 from contextvars import Context
@@ -24,18 +26,18 @@ from openrtc.runtime.session import Session, current_session
 
 TaskFactory = Any  # asyncio's own annotation for task factories differs across 3.11-3.13
 
-MIN_PRUNE_AT = 64
-"""A session's task set is never pruned below this size: small sets cost nothing to keep."""
-
 
 class TaskTagger:
-    """Installs itself as the loop's task factory and restores the previous one on `uninstall`."""
+    """Installs itself as the loop's task factory and restores the previous one on `uninstall`.
 
-    def __init__(self, clock: StepClock | None = None) -> None:
+    Each task of a session that has `stats` is tagged and its steps timed on `clock`; tasks of no
+    session, or of a session without stats, are left alone.
+    """
+
+    def __init__(self, clock: StepClock) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._previous: TaskFactory | None = None
         self._clock = clock
-        """When set, each session task's coroutine is wrapped so its steps are timed on this clock."""
 
     @property
     def installed(self) -> bool:
@@ -55,9 +57,10 @@ class TaskTagger:
             self._previous = None
 
 
-def _make_factory(previous: TaskFactory | None, clock: StepClock | None) -> TaskFactory:
-    # A closure over locals, not a method, and no helper call when there is no previous factory: this
-    # runs for every task the worker creates, and each extra Python call or attribute look-up shows.
+def _make_factory(previous: TaskFactory | None, clock: StepClock) -> TaskFactory:
+    # A closure over locals, not a method, and the common call (`factory(loop, coro)`, no previous
+    # factory) goes straight to `asyncio.Task`: this runs for every task the worker creates, and each
+    # extra Python call, look-up or `**kwargs` merge shows.
     get_session = current_session.get
     new_task = asyncio.Task
     # Another factory underneath may start tasks eagerly, nesting one step in another.
@@ -69,52 +72,42 @@ def _make_factory(previous: TaskFactory | None, clock: StepClock | None) -> Task
         context: Context | None = None,
         **kwargs: Any,
     ) -> asyncio.Future[Any]:
-        task: asyncio.Future[Any]
-        if context is None:
-            session = get_session()
-            if clock is not None and session is not None and session.stats is not None:
-                coro = timed((coro, session.stats, clock))
-            if previous is None:
-                task = new_task(coro, loop=loop, **kwargs)
-            else:
-                task = previous(loop, coro, **kwargs)
-        else:
-            session = context.get(current_session)
-            if clock is not None and session is not None and session.stats is not None:
-                coro = timed((coro, session.stats, clock))
-            if previous is None:
-                task = new_task(coro, loop=loop, context=context, **kwargs)
-            else:
-                task = previous(loop, coro, context=context, **kwargs)
-        if session is not None:
-            tasks = session.tasks
-            tasks.add(task)
-            if len(tasks) > session.tasks_prune_at:
-                _prune(session)
+        session = get_session() if context is None else context.get(current_session)
+        if session is None or session.stats is None:
+            return _create(loop, coro, context, kwargs)
+        wrapped = timed((coro, session.stats, clock))
+        if previous is None and not kwargs:
+            # Not started yet: it cannot have ended, so the wrapper will find its entry.
+            task: asyncio.Future[Any] = new_task(wrapped, loop=loop, context=context)
+            session.tasks[coro] = task
+            return task
+        task = _create(loop, wrapped, context, kwargs)
+        if not task.done():  # an eager start may have run it to the end already
+            session.tasks[coro] = task
         return task
+
+    def _create(
+        loop: asyncio.AbstractEventLoop, coro: Any, context: Context | None, kwargs: dict[str, Any]
+    ) -> asyncio.Future[Any]:
+        if previous is None:
+            return new_task(coro, loop=loop, context=context, **kwargs)
+        if context is None:  # an older factory may not take `context`
+            return previous(loop, coro, **kwargs)  # type: ignore[no-any-return]
+        return previous(loop, coro, context=context, **kwargs)  # type: ignore[no-any-return]
 
     return factory
 
 
-_is_done = operator.methodcaller("done")
-
-
-def _prune(session: Session) -> None:
-    tasks = session.tasks
-    tasks.difference_update([*filter(_is_done, tasks)])  # filter + methodcaller: the scan stays in C
-    session.tasks_prune_at = max(MIN_PRUNE_AT, 2 * len(tasks))
-
-
 def live_tasks(session: Session) -> int:
     """How many of the session's tagged tasks are still running. Safe from any thread."""
-    return sum(1 for task in tuple(session.tasks) if not task.done())
+    return sum(1 for task in tuple(session.tasks.values()) if not task.done())
 
 
 def session_of(task: asyncio.Future[Any], sessions: dict[str, Session]) -> Session | None:
     """The session that owns `task`, among `sessions`; None when untagged. Safe from any thread.
 
     3.12+ reads the task's own context. 3.11 cannot (its C tasks hide their context), so it looks the
-    task up in each session's set: O(sessions), acceptable for what needs it (naming a stalled task).
+    task up in each session's tasks: O(sessions), acceptable for what needs it (naming a stalled task).
     """
     if sys.version_info >= (3, 12):
         get_context = getattr(task, "get_context", None)
@@ -122,6 +115,6 @@ def session_of(task: asyncio.Future[Any], sessions: dict[str, Session]) -> Sessi
             owner: Session | None = get_context().get(current_session)
             return owner
     for session in list(sessions.values()):
-        if task in session.tasks:
+        if task in tuple(session.tasks.values()):
             return session
     return None

@@ -8,7 +8,9 @@ lets the watchdog name the session that holds the loop while it still holds it.
 Why wrap rather than sample: a thread sampling `current_task` only gets the GIL when the loop gives it
 up, so it mostly lands while the loop sleeps (errors up to 60 points were measured); the wrapper costs
 a fraction of a microsecond per step and is exact. It runs on every step of every session task, so it
-does as little as it can: two clock reads, a handful of attribute updates, no allocation.
+does as little as it can: two clock reads, a handful of attribute updates, no allocation. When the
+coroutine ends (an exception out of `send`/`throw`, `StopIteration` included), the wrapper takes its
+task out of the session's `tasks`, which therefore holds only live tasks.
 """
 
 from __future__ import annotations
@@ -77,6 +79,9 @@ class TimedCoroutine(tuple, collections.abc.Coroutine):  # type: ignore[type-arg
         start = clock.started_ns = _now()
         try:
             return coro.send(value)
+        except BaseException:  # the coroutine has ended (StopIteration is its return)
+            stats.session.tasks.pop(coro, None)
+            raise
         finally:
             own = _now() - start
             clock.current = None
@@ -98,6 +103,9 @@ class TimedCoroutine(tuple, collections.abc.Coroutine):  # type: ignore[type-arg
             if val is None and tb is None:
                 return coro.throw(typ)
             return coro.throw(typ, val, tb)
+        except BaseException:
+            stats.session.tasks.pop(coro, None)
+            raise
         finally:
             own = _now() - start
             clock.current = None
@@ -109,7 +117,9 @@ class TimedCoroutine(tuple, collections.abc.Coroutine):  # type: ignore[type-arg
         return self
 
     def close(self) -> None:
-        self[0].close()
+        coro, stats, _ = self
+        stats.session.tasks.pop(coro, None)
+        coro.close()
 
     # What debuggers, reprs and asyncio's own task introspection read from a coroutine.
     @property
@@ -153,6 +163,9 @@ class NestedTimedCoroutine(TimedCoroutine):
         start = clock.started_ns = _now()
         try:
             return coro.send(value)
+        except BaseException:  # the coroutine has ended (StopIteration is its return)
+            stats.session.tasks.pop(coro, None)
+            raise
         finally:
             # Steps nested in this one added their own time to total_ns.
             own = _now() - start - (clock.total_ns - mark)
@@ -176,6 +189,9 @@ class NestedTimedCoroutine(TimedCoroutine):
             if val is None and tb is None:
                 return coro.throw(typ)
             return coro.throw(typ, val, tb)
+        except BaseException:
+            stats.session.tasks.pop(coro, None)
+            raise
         finally:
             own = _now() - start - (clock.total_ns - mark)
             clock.current, clock.started_ns = outer, outer_start

@@ -570,13 +570,13 @@ class AgentPool:
             session.state = SessionState.CANCELLED
             session.reason = session._cancel_reason or "cancelled"
         session.ended_at = time.perf_counter()
-        leftovers = [t for t in session.tasks if not t.done()]
+        leftovers = [t for t in session.tasks.values() if not t.done()]
         if leftovers:
             session.log.warning("session left %d tasks running; cancelling them", len(leftovers))
             for task in leftovers:
                 task.cancel(msg="session_ended")
         del self._sessions[session.id]
-        session.tasks = set()  # the finished tasks (and the frames their results hold) can go
+        session.tasks = {}
         if self._monitor is not None:  # only snapshots show ended sessions: off keeps none (and no timer)
             self.recently_ended.append(session)
             self._prune_ended()

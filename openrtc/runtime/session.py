@@ -64,7 +64,6 @@ class Session:
         "state",
         "stats",
         "tasks",
-        "tasks_prune_at",
         "tenant",
     )
 
@@ -99,10 +98,9 @@ class Session:
         self.running_at: float | None = None
         """perf_counter() when the agent's code began to run."""
         self.ended_at: float | None = None
-        self.tasks: set[asyncio.Future[Any]] = set()
-        """Tasks tagged with this session: the live ones and some recently finished (pruned lazily).
-        Filled by the task tagger, so empty when introspection is off."""
-        self.tasks_prune_at = 64
+        self.tasks: dict[Any, asyncio.Future[Any]] = {}
+        """The session's live tasks, each under its coroutine: filed by the task tagger when created,
+        taken out when the coroutine ends. Empty when introspection is off."""
         self.stats: Any = None
         """Introspection counters (`SessionStats`), None when introspection is off."""
         self.pid: int | None = None

@@ -10,6 +10,7 @@ import pytest
 
 from openrtc import AgentPool, Session
 from openrtc.introspection.tagging import TaskTagger, live_tasks, session_of
+from openrtc.introspection.timing import SessionStats, StepClock
 from openrtc.runtime.session import current_session
 
 POOL: list[AgentPool] = []
@@ -19,7 +20,7 @@ def _tagged(session: Session) -> bool:
     """True when the factory recorded the running task as the session's, in both of its records."""
     task = asyncio.current_task()
     assert task is not None
-    return task in session.tasks and POOL[-1].session_of(task) is session
+    return task in session.tasks.values() and POOL[-1].session_of(task) is session
 
 
 async def _spawn_everything(session: Session) -> dict[str, bool]:
@@ -127,6 +128,47 @@ def test_live_task_count_drops_when_tasks_finish(run_loop: Any) -> None:
     run_loop(main())
 
 
+def test_a_task_leaves_the_session_however_it_ends(run_loop: Any) -> None:
+    """Returned, raised, cancelled while waiting, cancelled before its first step, finished eagerly
+    (3.12+): the session's `tasks` keeps none of them, so finished tasks are never kept alive."""
+    left: list[int] = []
+
+    async def agent(session: Session) -> None:
+        async def returns() -> int:
+            await asyncio.sleep(0)
+            return 1
+
+        async def raises() -> None:
+            await asyncio.sleep(0)
+            raise ValueError("boom")
+
+        async def waits() -> None:
+            await asyncio.Event().wait()
+
+        done = asyncio.create_task(returns())
+        failed = asyncio.create_task(raises())
+        waiting = asyncio.create_task(waits())
+        never_ran = asyncio.create_task(waits())
+        never_ran.cancel()
+        await asyncio.sleep(0)
+        assert never_ran.cancelled()  # its first step was the cancellation: gone already
+        assert set(session.tasks.values()) == {asyncio.current_task(), done, failed, waiting}
+        waiting.cancel()
+        await asyncio.gather(done, failed, waiting, never_ran, return_exceptions=True)
+        left.append(len(session.tasks))
+        assert list(session.tasks.values()) == [asyncio.current_task()]
+
+    async def main() -> None:
+        async with AgentPool() as pool:
+            POOL.append(pool)
+            pool.add("a", agent)
+            handle = await pool.start_session("a")
+            assert await handle == "ended", handle.error
+
+    run_loop(main())
+    assert left == [1]
+
+
 def test_chains_to_previous_factory_and_restores_it(run_loop: Any) -> None:
     calls: list[str] = []
 
@@ -194,11 +236,12 @@ def test_tagger_reads_the_context_argument(run_loop: Any) -> None:
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        tagger = TaskTagger()
+        tagger = TaskTagger(StepClock(2**62, lambda *_: None))
         tagger.install(loop)
         try:
             draining = asyncio.Event()
             session = Session("s1", "a", None, {}, {}, draining)
+            session.stats = SessionStats(session)
             import contextvars
 
             ctx = contextvars.copy_context()
@@ -208,9 +251,10 @@ def test_tagger_reads_the_context_argument(run_loop: Any) -> None:
                 await asyncio.sleep(0)
 
             task = loop.create_task(nothing(), context=ctx)
-            assert task in session.tasks and session_of(task, {session.id: session}) is session
+            assert task in session.tasks.values()
+            assert session_of(task, {session.id: session}) is session
             untagged = loop.create_task(nothing())
-            assert untagged not in session.tasks
+            assert untagged not in session.tasks.values()
             await asyncio.gather(task, untagged)
         finally:
             tagger.uninstall()
@@ -220,7 +264,7 @@ def test_tagger_reads_the_context_argument(run_loop: Any) -> None:
 
 
 def test_finished_tasks_do_not_accumulate(run_loop: Any) -> None:
-    """A long session that spawns a task per frame must not keep every finished task alive."""
+    """A long session that spawns a task per frame keeps no finished task alive."""
     sizes: list[int] = []
 
     async def agent(session: Session) -> None:
@@ -237,4 +281,4 @@ def test_finished_tasks_do_not_accumulate(run_loop: Any) -> None:
             await (await pool.start_session("frames"))
 
     run_loop(main())
-    assert max(sizes) <= 65  # root + at most MIN_PRUNE_AT finished ones
+    assert max(sizes) == 1  # the root: each frame's task is gone once its coroutine has returned
