@@ -1,7 +1,9 @@
 """The monitor: a watchdog thread, a heartbeat on the loop, and the rolling windows behind a snapshot.
 
-- The watchdog wakes `WATCHDOG_HZ` times a second. When the step published on the `StepClock` has run
-  past the threshold, it captures the loop thread's stack (`sys._current_frames`) while the step is still
+- The watchdog wakes when the step published on the `StepClock` would cross the threshold, and at
+  least once per threshold; not on a fixed clock, because every wake-up takes the GIL from a busy loop
+  (a fixed 50 Hz cost about 1.5% of a saturated loop's throughput). When the step has run past the
+  threshold, it captures the loop thread's stack (`sys._current_frames`) while the step is still
   running: the session that holds the loop is known exactly, never guessed. A C call that holds the GIL
   (a regex, `json.dumps`) keeps the watchdog out until it returns; the watchdog, already waiting for the
   GIL, then gets it at the next bytecode boundary, still inside the step, so the offending frame is
@@ -39,8 +41,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("openrtc.slow")
 
-WATCHDOG_HZ = 50.0
-"""How often the watchdog looks at the loop."""
+MIN_GAP_S = 0.002
+"""Shortest pause between two looks of the watchdog."""
 HEARTBEAT_S = 0.05
 """Period of the loop's heartbeat timer."""
 TICK_S = 0.5
@@ -55,6 +57,9 @@ RING = int(WINDOW_S / TICK_S) + 1
 HANDOVER_SLICE_S = 0.0005
 HANDOVER_MAX_S = 0.03
 """At most this much loop time per heartbeat goes to letting a starved server thread run."""
+OVERLOAD_LOG_EVERY_S = 5.0
+"""A loop that stays overloaded is late at every heartbeat: log it at most this often (each late
+heartbeat is still a block in the snapshot)."""
 GC_NOTE_NS = 1_000_000
 """Garbage collections longer than this are remembered, to be taken out of the step they fell in."""
 
@@ -119,7 +124,7 @@ class Monitor:
         # watchdog state (written by the watchdog thread)
         self._capture: Capture | None = None
         self._outside: Capture | None = None
-        self.polls: collections.deque[float] = collections.deque(maxlen=int(WATCHDOG_HZ * WINDOW_S * 2))
+        self.polls: collections.deque[float] = collections.deque(maxlen=int(WINDOW_S / MIN_GAP_S))
         # heartbeat state (written on the loop thread)
         self.last_beat_ns = perf_counter_ns()
         self._beat_long_steps = 0
@@ -130,6 +135,8 @@ class Monitor:
         self.other_thread_wants_gil: Callable[[], bool] | None = None
         """Set by the daemon: true while the socket server has a request it could not finish."""
         self.handovers = 0
+        self._overload_logged_at = -OVERLOAD_LOG_EVERY_S
+        self._overloads_unlogged = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         # tick state (written by the watchdog thread)
         self.tick_times: list[float] = [0.0] * RING
@@ -146,6 +153,8 @@ class Monitor:
         self.gc_pauses: collections.deque[tuple[int, int]] = collections.deque(maxlen=64)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._wake = threading.Lock()
+        """Held while the watchdog runs: its timed wait on it is its sleep, and `close` ends it."""
         self._loop_thread_id = 0
         self._other_threads: Callable[[], list[int]] = list
 
@@ -162,6 +171,7 @@ class Monitor:
         self.tick_cpu[:] = [cpu.user + cpu.system] * RING
         self._schedule_beat()
         gc.callbacks.append(self._on_gc)
+        self._wake.acquire()
         self._thread = threading.Thread(target=self._run, name="openrtc-watchdog", daemon=True)
         self._thread.start()
 
@@ -169,6 +179,8 @@ class Monitor:
         if self._on_gc in gc.callbacks:
             gc.callbacks.remove(self._on_gc)
         self._stop.set()
+        if self._wake.locked():
+            self._wake.release()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -237,8 +249,25 @@ class Monitor:
         else:
             where = f"overload: loop {late_ns / 1e6:.0f} ms late, no single step over the threshold"
             block = Block(None, None, round(late_ns / 1e6, 1), at, where, [], False, "overload")
-            log.warning("[overload] event loop %.0fms late: %s", late_ns / 1e6, where)
+            self._log_overload(late_ns, where)
         self.blocks.append(block)
+
+    def _log_overload(self, late_ns: int, where: str) -> None:
+        now = time.perf_counter()
+        if now - self._overload_logged_at < OVERLOAD_LOG_EVERY_S:
+            self._overloads_unlogged += 1
+            return
+        more = self._overloads_unlogged
+        self._overload_logged_at, self._overloads_unlogged = now, 0
+        if more:
+            log.warning(
+                "[overload] event loop %.0fms late: %s (%d more late heartbeats since the last such line)",
+                late_ns / 1e6,
+                where,
+                more,
+            )
+        else:
+            log.warning("[overload] event loop %.0fms late: %s", late_ns / 1e6, where)
 
     def _record_paused(self, own_ns: int, capture: Capture) -> None:
         where = "(loop thread paused outside session code: OS scheduling or another thread held the GIL)"
@@ -324,20 +353,22 @@ class Monitor:
 
     # -- watchdog thread ------------------------------------------------------------------------
 
+    @property
+    def sample_hz_target(self) -> float:
+        """The rate the watchdog keeps at least: one look per threshold (at most one per MIN_GAP_S)."""
+        return 1.0 / max(self.threshold_ns / 1e9, MIN_GAP_S)
+
     def _run(self) -> None:
-        period = 1.0 / WATCHDOG_HZ
-        next_poll = time.perf_counter()
-        next_tick = next_poll + TICK_S
-        while not self._stop.is_set():
-            next_poll += period
-            delay = next_poll - time.perf_counter()
-            if delay > 0:
-                self._stop.wait(delay)
-            else:
-                next_poll = time.perf_counter()  # fell behind (GIL held): do not burst to catch up
+        # One C call per wait (a timed lock acquire), not Event.wait's Python-level condition: each
+        # bytecode here runs while a busy loop waits for the GIL.
+        stopped = self._wake.acquire
+        next_tick = time.perf_counter() + TICK_S
+        delay = MIN_GAP_S
+        while not stopped(True, delay):
             now = time.perf_counter()
+            next_ns = perf_counter_ns() + self.threshold_ns
             try:
-                self._poll()
+                next_ns = self._poll()
                 if now >= next_tick:
                     self._tick(now)
                     next_tick += TICK_S
@@ -348,9 +379,13 @@ class Monitor:
                 self.record_error(f"watchdog: {type(exc).__name__}: {exc}")
                 log.exception("introspection watchdog failed")
             self.polls.append(now)
+            delay = max(MIN_GAP_S, min(next_ns / 1e9, next_tick) - time.perf_counter())
 
-    def _poll(self) -> None:
+    def _poll(self) -> int:
+        """Look at the loop once; returns when to look next (`perf_counter_ns`)."""
         now = perf_counter_ns()
+        threshold = self.threshold_ns
+        latest = now + threshold  # a step starting right now could cross the threshold by then
         clock = self.clock
         start_ns, step = clock.started_ns, clock.current
         if step is not None:
@@ -358,14 +393,18 @@ class Monitor:
             if seen is not None and seen.step is step and seen.start_ns == start_ns:
                 # Keep the first look: a later one can land after the blocking code, just before the
                 # step ends (seen: 1 of 20 pure-Python stalls blamed on the line after the loop).
-                return
-            if now - start_ns > self.threshold_ns and clock.started_ns == start_ns and clock.current is step:
+                return latest
+            if now - start_ns > threshold and clock.started_ns == start_ns and clock.current is step:
                 self._capture = self._capture_step(step, start_ns)
-            return
-        if now - self.last_beat_ns > self.threshold_ns + HEARTBEAT_S * 1e9:
+                return latest
+            return min(latest, start_ns + threshold + 1)  # the moment this step would become long
+        stale_at = self.last_beat_ns + threshold + int(HEARTBEAT_S * 1e9)
+        if now > stale_at:
             # The loop is held, but by no session step: capture it, to blame it on the heartbeat.
             stack = self._loop_stack()
             self._outside = Capture(0, None, self.last_beat_ns, stack, pick_blame(stack, ()), False)
+            return latest
+        return min(latest, stale_at + 1)
 
     def _capture_step(self, step: TimedCoroutine, start_ns: int) -> Capture:
         session = step.stats.session

@@ -34,9 +34,10 @@ class IntrospectionInfo:
     window_s: float
     """Span of the rolling windows (`cpu_pct`, `loop_lag_ms`), in seconds."""
     sample_hz_target: float
-    """How often the watchdog meant to look at the loop."""
+    """How often the watchdog looks at the loop at least: once per slow-session threshold (it also
+    looks when the running step would cross the threshold)."""
     sample_hz_achieved: float
-    """How often it did, over the window (lower means the watchdog itself was starved)."""
+    """How often it did, over the window (lower than the target means the watchdog was starved)."""
     errors: int
     """Errors of the introspection itself (bad frames, failed ticks...) since start."""
     last_error: str | None

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any
 
-from openrtc.introspection.monitor import SLOW_FOR_S, WATCHDOG_HZ, Monitor
+from openrtc.introspection.monitor import SLOW_FOR_S, Monitor
 from openrtc.introspection.schema import (
     ENDED_KEEP_S,
     SCHEMA_VERSION,
@@ -103,7 +103,7 @@ def build_snapshot(
         introspection=IntrospectionInfo(
             enabled=True,
             window_s=round(span, 3),
-            sample_hz_target=WATCHDOG_HZ,
+            sample_hz_target=round(monitor.sample_hz_target, 1),
             sample_hz_achieved=round(len(polls) / span, 1),
             errors=monitor.errors + server_errors,
             last_error=monitor.last_error or server_error,

@@ -233,7 +233,7 @@ def test_ongoing_stall_is_visible_while_the_loop_is_blocked(run_loop: Any, sock_
     assert row["cpu_s"] >= held_s - 0.05 and row["cpu_pct"] >= min(100.0, (held_s - 0.05) / window_s * 100)
 
 
-def test_overload_blames_nobody(run_loop: Any, sock_home: Path) -> None:
+def test_overload_blames_nobody(run_loop: Any, sock_home: Path, caplog: pytest.LogCaptureFixture) -> None:
     async def chatty(session: Session) -> None:
         for _ in range(60):
             started = time.perf_counter()
@@ -254,6 +254,9 @@ def test_overload_blames_nobody(run_loop: Any, sock_home: Path) -> None:
     overloads = [b for b in snap["blocks"] if b["kind"] == "overload"]
     assert all(b["session_id"] is None and b["where"].startswith("overload:") for b in overloads)
     assert all(row["blocks"] == 0 for row in snap["sessions"])
+    # Late at every heartbeat, logged at most once per OVERLOAD_LOG_EVERY_S (5 s of a ~7 s overload).
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[overload]")]
+    assert 1 <= len(lines) <= 2 < len(overloads), (lines, len(overloads))
 
 
 def test_snapshot_rows_and_worker_figures(run_loop: Any, sock_home: Path) -> None:
@@ -295,7 +298,8 @@ def test_snapshot_rows_and_worker_figures(run_loop: Any, sock_home: Path) -> Non
     (failed,) = [r for r in parsed.sessions if r.state == "failed"]
     assert failed.reason == "exception" and failed.agent == "boom"
     info = parsed.worker.introspection
-    assert info.enabled and info.sample_hz_target == 50 and 20 < info.sample_hz_achieved <= 55
+    # threshold 50 ms: at least 20 looks a second, a few more timed to steps about to cross it
+    assert info.enabled and info.sample_hz_target == 20 and 15 < info.sample_hz_achieved <= 60
     assert parsed.worker.loop_lag_ms.max < 50
 
 
