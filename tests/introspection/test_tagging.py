@@ -23,6 +23,19 @@ def _tagged(session: Session) -> bool:
     return task in session.tasks.values() and POOL[-1].session_of(task) is session
 
 
+def _run_one_session(run_loop: Any, agent: Any) -> None:
+    """One session of `agent` in a fresh pool, to its end; it must end cleanly."""
+
+    async def main() -> None:
+        async with AgentPool() as pool:
+            POOL.append(pool)
+            pool.add("a", agent)
+            handle = await pool.start_session("a")
+            assert await handle == "ended", handle.error
+
+    run_loop(main())
+
+
 async def _spawn_everything(session: Session) -> dict[str, bool]:
     seen: dict[str, bool] = {}
 
@@ -72,14 +85,7 @@ def test_tag_reaches_every_spawned_task(run_loop: Any) -> None:
     async def agent(session: Session) -> None:
         results.update(await _spawn_everything(session))
 
-    async def main() -> None:
-        async with AgentPool() as pool:
-            POOL.append(pool)
-            pool.add("probe", agent)
-            handle = await pool.start_session("probe")
-            assert await handle == "ended", handle.error
-
-    run_loop(main())
+    _run_one_session(run_loop, agent)
     assert set(results) == MECHANISMS
     assert all(results.values()), results
 
@@ -118,14 +124,7 @@ def test_live_task_count_drops_when_tasks_finish(run_loop: Any) -> None:
         await asyncio.gather(*children)
         assert live_tasks(session) == 1
 
-    async def main() -> None:
-        async with AgentPool() as pool:
-            POOL.append(pool)
-            pool.add("a", agent)
-            handle = await pool.start_session("a")
-            assert await handle == "ended", handle.error
-
-    run_loop(main())
+    _run_one_session(run_loop, agent)
 
 
 def test_a_task_leaves_the_session_however_it_ends(run_loop: Any) -> None:
@@ -158,14 +157,7 @@ def test_a_task_leaves_the_session_however_it_ends(run_loop: Any) -> None:
         left.append(len(session.tasks))
         assert list(session.tasks.values()) == [asyncio.current_task()]
 
-    async def main() -> None:
-        async with AgentPool() as pool:
-            POOL.append(pool)
-            pool.add("a", agent)
-            handle = await pool.start_session("a")
-            assert await handle == "ended", handle.error
-
-    run_loop(main())
+    _run_one_session(run_loop, agent)
     assert left == [1]
 
 
