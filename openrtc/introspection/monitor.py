@@ -1,13 +1,12 @@
 """The monitor: a watchdog thread, a heartbeat on the loop, and the rolling windows behind a snapshot.
 
 - The watchdog wakes when the step published on the `StepClock` would cross the threshold, and at
-  least once per threshold; not on a fixed clock, because every wake-up takes the GIL from a busy loop
-  (a fixed 50 Hz cost about 1.5% of a saturated loop's throughput). When the step has run past the
-  threshold, it captures the loop thread's stack (`sys._current_frames`) while the step is still
-  running: the session that holds the loop is known exactly, never guessed. A C call that holds the GIL
-  (a regex, `json.dumps`) keeps the watchdog out until it returns; the watchdog, already waiting for the
-  GIL, then gets it at the next bytecode boundary, still inside the step, so the offending frame is
-  still on the stack.
+  least once per threshold; not on a fixed clock, because every wake-up takes the GIL from a busy loop.
+  When the step has run past the threshold, it captures the loop thread's stack
+  (`sys._current_frames`) while the step is still running: the session that holds the loop is known
+  exactly, never guessed. A C call that holds the GIL (a regex, `json.dumps`) keeps the watchdog out
+  until it returns; the watchdog, already waiting for the GIL, then gets it at the next bytecode
+  boundary, still inside the step, so the offending frame is still on the stack.
 - The heartbeat is a loop timer every `HEARTBEAT_S`; its lateness is the loop lag. A late heartbeat with
   no long step behind it is an overload (many short steps) or code outside any session, blamed on no
   session.

@@ -8,9 +8,9 @@ lets the watchdog name the session that holds the loop while it still holds it.
 Why wrap rather than sample: a thread sampling `current_task` only gets the GIL when the loop gives it
 up, so it mostly lands while the loop sleeps (errors up to 60 points were measured); the wrapper costs
 a fraction of a microsecond per step and is exact. It runs on every step of every session task, so it
-does as little as it can: two clock reads, a handful of attribute updates, no allocation. When the
-coroutine ends (an exception out of `send`/`throw`, `StopIteration` included), the wrapper takes its
-task out of the session's `tasks`, which therefore holds only live tasks.
+does as little as it can: two clock reads, a handful of attribute updates, no objects but the clock's
+integers. When the coroutine ends (an exception out of `send`/`throw`, `StopIteration` included), the
+wrapper takes its task out of the session's `tasks`, which therefore holds only live tasks.
 """
 
 from __future__ import annotations
