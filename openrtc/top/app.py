@@ -273,6 +273,8 @@ class TopApp(App[None]):
             return
         finally:
             self._fetching = False
+        if not self.is_running:
+            return  # the app began shutting down while the thread worked: its widgets are going away
         if plan[0] != self._plan_inputs():  # a key changed the filters meanwhile: plan again
             plan = (self._plan_inputs(), self._plan(fetch))
         self.apply(fetch, plan[1])
