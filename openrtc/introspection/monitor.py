@@ -258,15 +258,8 @@ class Monitor:
             return
         more = self._overloads_unlogged
         self._overload_logged_at, self._overloads_unlogged = now, 0
-        if more:
-            log.warning(
-                "[overload] event loop %.0fms late: %s (%d more late heartbeats since the last such line)",
-                late_ns / 1e6,
-                where,
-                more,
-            )
-        else:
-            log.warning("[overload] event loop %.0fms late: %s", late_ns / 1e6, where)
+        since = f" ({more} more late heartbeats since the last such line)" if more else ""
+        log.warning("[overload] event loop %.0fms late: %s%s", late_ns / 1e6, where, since)
 
     def _record_paused(self, own_ns: int, capture: Capture) -> None:
         where = "(loop thread paused outside session code: OS scheduling or another thread held the GIL)"
@@ -365,7 +358,6 @@ class Monitor:
         delay = MIN_GAP_S
         while not stopped(True, delay):
             now = time.perf_counter()
-            next_ns = perf_counter_ns() + self.threshold_ns
             try:
                 next_ns = self._poll()
                 if now >= next_tick:
@@ -377,6 +369,7 @@ class Monitor:
                 # The watchdog must outlive its own bugs; the error goes into the snapshot.
                 self.record_error(f"watchdog: {type(exc).__name__}: {exc}")
                 log.exception("introspection watchdog failed")
+                next_ns = perf_counter_ns() + self.threshold_ns
             self.polls.append(now)
             delay = max(MIN_GAP_S, min(next_ns / 1e9, next_tick) - time.perf_counter())
 
