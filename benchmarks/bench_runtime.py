@@ -69,7 +69,7 @@ def tagging_cost(loop_kind: str, rounds: int = 21, batch: int = 20_000) -> dict[
         ctx.run(current_session.set, session)
         samples: dict[str, list[float]] = {"none": [], "passthrough": [], "tagger": []}
         order = list(samples)
-        tagger = TaskTagger(StepClock(2**62, lambda *_: None))  # tags and times, as in a worker
+        tagger = TaskTagger(StepClock(float("inf"), lambda *_: None))  # tags and times, as in a worker
         for _ in range(rounds):
             order = order[1:] + order[:1]
             for name in order:

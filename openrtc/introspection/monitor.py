@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from time import perf_counter_ns
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from openrtc.introspection import timing
@@ -59,7 +59,7 @@ HANDOVER_MAX_S = 0.03
 OVERLOAD_LOG_EVERY_S = 5.0
 """A loop that stays overloaded is late at every heartbeat: log it at most this often (each late
 heartbeat is still a block in the snapshot)."""
-GC_NOTE_NS = 1_000_000
+GC_NOTE_S = 0.001
 """Garbage collections longer than this are remembered, to be taken out of the step they fell in."""
 
 
@@ -70,7 +70,7 @@ class Capture:
     step: Any
     """The step's wrapper (`TimedCoroutine`), or None for code outside any session."""
     session: Any
-    start_ns: int
+    start: float
     stack: list[FrameInfo]
     blame: FrameInfo | None
     in_session: bool
@@ -111,8 +111,8 @@ class Monitor:
         read_rss_mb: Callable[[], float],
         on_rss: Callable[[float], None] | None = None,
     ) -> None:
-        self.threshold_ns = int(threshold_ms * 1e6)
-        self.clock = StepClock(self.threshold_ns, self._on_long_step)
+        self.threshold_s = threshold_ms / 1000
+        self.clock = StepClock(self.threshold_s, self._on_long_step)
         self._sessions = sessions
         self._own_dirs = own_dirs
         self._read_rss_mb = read_rss_mb
@@ -125,7 +125,7 @@ class Monitor:
         self._outside: Capture | None = None
         self.polls: collections.deque[float] = collections.deque(maxlen=int(WINDOW_S / MIN_GAP_S))
         # heartbeat state (written on the loop thread)
-        self.last_beat_ns = perf_counter_ns()
+        self.last_beat = perf_counter()
         self._beat_long_steps = 0
         self.lags_ms: collections.deque[tuple[float, float]] = collections.deque(
             maxlen=int(WINDOW_S / HEARTBEAT_S)
@@ -148,8 +148,8 @@ class Monitor:
         # Peak of the equal share since any time: (mono, share), shares strictly decreasing.
         self.share_peaks: list[tuple[float, float]] = []
         # garbage collection pauses (written by whichever thread collects)
-        self._gc_started_ns = 0
-        self.gc_pauses: collections.deque[tuple[int, int]] = collections.deque(maxlen=64)
+        self._gc_started = 0.0
+        self.gc_pauses: collections.deque[tuple[float, float]] = collections.deque(maxlen=64)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._wake = threading.Lock()
@@ -164,7 +164,7 @@ class Monitor:
         self._loop = loop
         self._loop_thread_id = threading.get_ident()
         self._other_threads = other_threads
-        self.last_beat_ns = perf_counter_ns()
+        self.last_beat = perf_counter()
         now, cpu = time.perf_counter(), os.times()
         self.tick_times[:] = [now] * RING
         self.tick_cpu[:] = [cpu.user + cpu.system] * RING
@@ -195,21 +195,21 @@ class Monitor:
 
     def _schedule_beat(self) -> None:
         assert self._loop is not None
-        self._expected_ns = perf_counter_ns() + int(HEARTBEAT_S * 1e9)
+        self._expected = perf_counter() + HEARTBEAT_S
         self._timer = self._loop.call_at(self._loop.time() + HEARTBEAT_S, self._beat)
 
     def _beat(self) -> None:
-        now = perf_counter_ns()
-        late_ns = max(0, now - self._expected_ns)
-        self.lags_ms.append((time.perf_counter(), late_ns / 1e6))
+        now = perf_counter()
+        late = max(0.0, now - self._expected)
+        self.lags_ms.append((now, late * 1000))
         clock = self.clock
-        late_ns -= self._gc_within(self.last_beat_ns, now)  # reported by the gc callback already
-        if late_ns > self.threshold_ns and clock.long_steps == self._beat_long_steps:
+        late -= self._gc_within(self.last_beat, now)  # reported by the gc callback already
+        if late > self.threshold_s and clock.long_steps == self._beat_long_steps:
             # No long step explains the delay: code outside any session if no session step even
             # started meanwhile, else many short steps (overload).
-            self._record_unblamed(late_ns, outside=clock.started_ns < self.last_beat_ns)
+            self._record_unblamed(late, outside=clock.started < self.last_beat)
         self._beat_long_steps = clock.long_steps
-        self.last_beat_ns = now
+        self.last_beat = now
         self._outside = None
         if self.other_thread_wants_gil is not None and self.other_thread_wants_gil():
             self._hand_over_gil()
@@ -226,14 +226,14 @@ class Monitor:
             time.sleep(HANDOVER_SLICE_S)
         self.handovers += 1
 
-    def _record_unblamed(self, late_ns: int, outside: bool) -> None:
+    def _record_unblamed(self, late: float, outside: bool) -> None:
         capture = self._outside
-        at = time.time() - late_ns / 1e9
+        at = time.time() - late
         if outside and capture is not None:
             block = Block(
                 None,
                 None,
-                round(late_ns / 1e6, 1),
+                round(late * 1000, 1),
                 at,
                 _blame_text(capture.blame),
                 [f.display() for f in capture.stack],
@@ -242,16 +242,16 @@ class Monitor:
             )
             log.warning(
                 "[slow-loop] code outside any session blocked event loop for %.0fms at %s",
-                late_ns / 1e6,
+                late * 1000,
                 block.where,
             )
         else:
-            where = f"overload: loop {late_ns / 1e6:.0f} ms late, no single step over the threshold"
-            block = Block(None, None, round(late_ns / 1e6, 1), at, where, [], False, "overload")
-            self._log_overload(late_ns, where)
+            where = f"overload: loop {late * 1000:.0f} ms late, no single step over the threshold"
+            block = Block(None, None, round(late * 1000, 1), at, where, [], False, "overload")
+            self._log_overload(late, where)
         self.blocks.append(block)
 
-    def _log_overload(self, late_ns: int, where: str) -> None:
+    def _log_overload(self, late: float, where: str) -> None:
         now = time.perf_counter()
         if now - self._overload_logged_at < OVERLOAD_LOG_EVERY_S:
             self._overloads_unlogged += 1
@@ -259,16 +259,16 @@ class Monitor:
         more = self._overloads_unlogged
         self._overload_logged_at, self._overloads_unlogged = now, 0
         since = f" ({more} more late heartbeats since the last such line)" if more else ""
-        log.warning("[overload] event loop %.0fms late: %s%s", late_ns / 1e6, where, since)
+        log.warning("[overload] event loop %.0fms late: %s%s", late * 1000, where, since)
 
-    def _record_paused(self, own_ns: int, capture: Capture) -> None:
+    def _record_paused(self, own: float, capture: Capture) -> None:
         where = "(loop thread paused outside session code: OS scheduling or another thread held the GIL)"
-        at = time.time() - (perf_counter_ns() - capture.start_ns) / 1e9
+        at = time.time() - (perf_counter() - capture.start)
         self.blocks.append(
             Block(
                 None,
                 None,
-                round(own_ns / 1e6, 1),
+                round(own * 1000, 1),
                 at,
                 where,
                 [f.display() for f in capture.stack],
@@ -276,7 +276,7 @@ class Monitor:
                 "outside",
             )
         )
-        log.warning("[slow-loop] event loop held %.0fms %s", own_ns / 1e6, where)
+        log.warning("[slow-loop] event loop held %.0fms %s", own * 1000, where)
 
     def _on_gc(self, phase: str, info: dict[str, int]) -> None:
         # Kept tiny: it runs on every collection. Only the loop thread's collections are timed: between
@@ -285,13 +285,13 @@ class Monitor:
         if threading.get_ident() != self._loop_thread_id:
             return
         if phase == "start":
-            self._gc_started_ns = perf_counter_ns()
+            self._gc_started = perf_counter()
             return
-        end = perf_counter_ns()
-        if end - self._gc_started_ns > GC_NOTE_NS:
-            self.gc_pauses.append((self._gc_started_ns, end))
-            if end - self._gc_started_ns > self.threshold_ns:
-                ms = (end - self._gc_started_ns) / 1e6
+        end = perf_counter()
+        if end - self._gc_started > GC_NOTE_S:
+            self.gc_pauses.append((self._gc_started, end))
+            if end - self._gc_started > self.threshold_s:
+                ms = (end - self._gc_started) * 1000
                 gen, freed = info.get("generation"), info.get("collected")
                 where = f"garbage collection of generation {gen} ({freed} freed)"
                 self.blocks.append(
@@ -299,22 +299,28 @@ class Monitor:
                 )
                 log.warning("[slow-gc] %s held the event loop for %.0fms", where, ms)
 
-    def _gc_within(self, start_ns: int, end_ns: int) -> int:
-        return sum(max(0, min(e, end_ns) - max(s, start_ns)) for s, e in list(self.gc_pauses))
+    def _gc_within(self, start: float, end: float) -> float:
+        """Seconds of noted garbage collections between `start` and `end`."""
+        total = 0.0
+        for s, e in reversed(list(self.gc_pauses)):  # newest first: the window is almost always recent
+            if e <= start:
+                break
+            total += max(0.0, min(e, end) - max(s, start))
+        return total
 
-    def _on_long_step(self, step: TimedCoroutine, start_ns: int, own_ns: int) -> None:
+    def _on_long_step(self, step: TimedCoroutine, start: float, own: float) -> None:
         """A session step held the loop past the threshold (called on the loop thread, when it ends)."""
         self.clock.long_steps += 1
         # A garbage collection that ran inside the step is nobody's fault: it is reported on its own.
-        own_ns -= self._gc_within(start_ns, perf_counter_ns())
-        if own_ns <= self.threshold_ns:
+        own -= self._gc_within(start, perf_counter())
+        if own <= self.threshold_s:
             return
         stats = step.stats
         session = stats.session
         capture = self._capture
-        same = capture is not None and capture.step is step and capture.start_ns == start_ns
+        same = capture is not None and capture.step is step and capture.start == start
         if same and capture is not None and not capture.in_session:
-            self._record_paused(own_ns, capture)
+            self._record_paused(own, capture)
             return
         if same and capture is not None:
             stack, blame = capture.stack, capture.blame
@@ -325,8 +331,8 @@ class Monitor:
             stack = suspended_stack(step.wrapped)
             blame = pick_blame(stack, self._own_dirs(session.agent))
             where = f"{_blame_text(blame)} (step ended here; a C call held the GIL, no live stack)"
-        ms = own_ns / 1e6
-        at = time.time() - (perf_counter_ns() - start_ns) / 1e9
+        ms = own * 1000
+        at = time.time() - (perf_counter() - start)
         block = Block(
             session.id, session.agent, round(ms, 1), at, where, [f.display() for f in stack], False, "session"
         )
@@ -348,7 +354,7 @@ class Monitor:
     @property
     def sample_hz_target(self) -> float:
         """The rate the watchdog keeps at least: one look per threshold (at most one per MIN_GAP_S)."""
-        return 1.0 / max(self.threshold_ns / 1e9, MIN_GAP_S)
+        return 1.0 / max(self.threshold_s, MIN_GAP_S)
 
     def _run(self) -> None:
         # One C call per wait (a timed lock acquire), not Event.wait's Python-level condition: each
@@ -359,7 +365,7 @@ class Monitor:
         while not stopped(True, delay):
             now = time.perf_counter()
             try:
-                next_ns = self._poll()
+                next_at = self._poll()
                 if now >= next_tick:
                     self._tick(now)
                     next_tick += TICK_S
@@ -369,40 +375,40 @@ class Monitor:
                 # The watchdog must outlive its own bugs; the error goes into the snapshot.
                 self.record_error(f"watchdog: {type(exc).__name__}: {exc}")
                 log.exception("introspection watchdog failed")
-                next_ns = perf_counter_ns() + self.threshold_ns
+                next_at = perf_counter() + self.threshold_s
             self.polls.append(now)
-            delay = max(MIN_GAP_S, min(next_ns / 1e9, next_tick) - time.perf_counter())
+            delay = max(MIN_GAP_S, min(next_at, next_tick) - time.perf_counter())
 
-    def _poll(self) -> int:
-        """Look at the loop once; returns when to look next (`perf_counter_ns`)."""
-        now = perf_counter_ns()
-        threshold = self.threshold_ns
+    def _poll(self) -> float:
+        """Look at the loop once; returns when to look next (`perf_counter`)."""
+        now = perf_counter()
+        threshold = self.threshold_s
         latest = now + threshold  # a step starting right now could cross the threshold by then
         clock = self.clock
-        start_ns, step = clock.started_ns, clock.current
+        start, step = clock.started, clock.current
         if step is not None:
             seen = self._capture
-            if seen is not None and seen.step is step and seen.start_ns == start_ns:
+            if seen is not None and seen.step is step and seen.start == start:
                 # Keep the first look: a later one can land after the blocking code, just before the
                 # step ends (seen: 1 of 20 pure-Python stalls blamed on the line after the loop).
                 return latest
-            if now - start_ns > threshold and clock.started_ns == start_ns and clock.current is step:
-                self._capture = self._capture_step(step, start_ns)
+            if now - start > threshold and clock.started == start and clock.current is step:
+                self._capture = self._capture_step(step, start)
                 return latest
-            return min(latest, start_ns + threshold + 1)  # the moment this step would become long
-        stale_at = self.last_beat_ns + threshold + int(HEARTBEAT_S * 1e9)
+            return min(latest, start + threshold + 1e-6)  # the moment this step would become long
+        stale_at = self.last_beat + threshold + HEARTBEAT_S
         if now > stale_at:
             # The loop is held, but by no session step: capture it, to blame it on the heartbeat.
             stack = self._loop_stack()
-            self._outside = Capture(0, None, self.last_beat_ns, stack, pick_blame(stack, ()), False)
+            self._outside = Capture(0, None, self.last_beat, stack, pick_blame(stack, ()), False)
             return latest
-        return min(latest, stale_at + 1)
+        return min(latest, stale_at + 1e-6)
 
-    def _capture_step(self, step: TimedCoroutine, start_ns: int) -> Capture:
+    def _capture_step(self, step: TimedCoroutine, start: float) -> Capture:
         session = step.stats.session
         stack = self._loop_stack()
         blame = pick_blame(stack, self._own_dirs(session.agent))
-        return Capture(step, session, start_ns, stack, blame, in_session_code(stack))
+        return Capture(step, session, start, stack, blame, in_session_code(stack))
 
     def _loop_stack(self) -> list[FrameInfo]:
         frame = sys._current_frames().get(self._loop_thread_id)
@@ -412,16 +418,11 @@ class Monitor:
         """The block in progress, if the loop is held right now by a step the watchdog has seen."""
         capture = self._capture
         step = self.clock.current
-        if (
-            capture is None
-            or step is None
-            or step is not capture.step
-            or self.clock.started_ns != capture.start_ns
-        ):
+        if capture is None or step is None or step is not capture.step or self.clock.started != capture.start:
             return None
         if not capture.in_session:
             return None
-        held_ms = (perf_counter_ns() - capture.start_ns) / 1e6
+        held_ms = (perf_counter() - capture.start) * 1000
         at = time.time() - held_ms / 1000
         return Block(
             capture.session.id,
@@ -448,8 +449,8 @@ class Monitor:
                 continue
             ring = stats.cpu_ring
             if ring is None:
-                ring = stats.cpu_ring = [0] * RING
-            ring[i] = stats.busy_ns
+                ring = stats.cpu_ring = [0.0] * RING
+            ring[i] = stats.busy_s
         if now - self._rss_at >= 1.0:
             self._rss_at = now
             self.rss_mb = self._read_rss_mb()

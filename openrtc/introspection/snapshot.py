@@ -11,7 +11,7 @@ import platform
 import socket
 import time
 from collections.abc import Sequence
-from time import perf_counter_ns
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from openrtc.introspection.monitor import SLOW_FOR_S, Monitor
@@ -44,9 +44,9 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     return float(sorted_values[rank])
 
 
-def share_pct(busy_ns_delta: float, span_s: float) -> float:
-    """Busy nanoseconds over a span, as % of one core, clamped to [0, 100]."""
-    return max(0.0, min(100.0, busy_ns_delta / 1e9 / span_s * 100)) if span_s > 0 else 0.0
+def share_pct(busy_s: float, span_s: float) -> float:
+    """Busy seconds over a span, as % of one core, clamped to [0, 100]."""
+    return max(0.0, min(100.0, busy_s / span_s * 100)) if span_s > 0 else 0.0
 
 
 def build_snapshot(
@@ -131,16 +131,16 @@ def _add_step_in_progress(
     for seconds would read 0% CPU until it lets go, exactly when the operator looks at it.
     """
     clock = monitor.clock
-    started, step = clock.started_ns, clock.current
-    if step is None or clock.started_ns != started:
+    started, step = clock.started, clock.current
+    if step is None or clock.started != started:
         return
-    held_ns = max(0, perf_counter_ns() - started)
+    held = max(0.0, perf_counter() - started)
     session_id = step.stats.session.id
     for row in rows:
         if row["session_id"] != session_id or row["state"] in ENDED_STATES:
             continue
-        row["cpu_pct"] = round(min(100.0, row["cpu_pct"] + share_pct(held_ns, span)), 2)
-        row["cpu_s"] = round(row["cpu_s"] + held_ns / 1e9, 4)
+        row["cpu_pct"] = round(min(100.0, row["cpu_pct"] + share_pct(held, span)), 2)
+        row["cpu_s"] = round(row["cpu_s"] + held, 4)
         if ongoing is not None and ongoing.session_id == session_id:
             row["slow"] = True
             row["blocks"] += 1
@@ -160,10 +160,10 @@ def _row(
         mem = child.rss_mb if active else 0.0
         peak = child.peak_mb
     else:
-        busy = stats.busy_ns if stats is not None else 0
+        busy = stats.busy_s if stats is not None else 0.0
         ring = stats.cpu_ring if stats is not None else None
-        cpu = share_pct(busy - (ring[oldest] if ring is not None else 0), span) if active else 0.0
-        cpu_s = busy / 1e9
+        cpu = share_pct(busy - (ring[oldest] if ring is not None else 0.0), span) if active else 0.0
+        cpu_s = busy
         mem = share if active else 0.0
         peak = monitor.peak_share_since(session.started_mono, mem)
     watched = stats is not None and child is None  # stalls inside a child are not watched

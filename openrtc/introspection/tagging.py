@@ -65,6 +65,7 @@ def _make_factory(previous: TaskFactory | None, clock: StepClock) -> TaskFactory
     new_task = asyncio.Task
     # Another factory underneath may start tasks eagerly, nesting one step in another.
     timed = TimedCoroutine if previous is None else NestedTimedCoroutine
+    new_wrapper = object.__new__
 
     def factory(
         loop: asyncio.AbstractEventLoop,
@@ -75,7 +76,9 @@ def _make_factory(previous: TaskFactory | None, clock: StepClock) -> TaskFactory
         session = get_session() if context is None else context.get(current_session)
         if session is None or session.stats is None:
             return _create(loop, coro, context, kwargs)
-        wrapped = timed((coro, session.stats, clock))
+        # Filled here rather than by an `__init__`: a Python call per task (see TimedCoroutine).
+        wrapped = new_wrapper(timed)
+        wrapped.wrapped, wrapped.stats, wrapped.clock = coro, session.stats, clock
         if previous is None and not kwargs:
             # Not started yet: it cannot have ended, so the wrapper will find its entry.
             task: asyncio.Future[Any] = new_task(wrapped, loop=loop, context=context)

@@ -9,7 +9,7 @@ Why wrap rather than sample: a thread sampling `current_task` only gets the GIL 
 up, so it mostly lands while the loop sleeps (errors up to 60 points were measured); the wrapper costs
 a fraction of a microsecond per step and is exact. It runs on every step of every session task, so it
 does as little as it can: two clock reads, a handful of attribute updates, no objects but the clock's
-integers. When the coroutine ends (an exception out of `send`/`throw`, `StopIteration` included), the
+floats. When the coroutine ends (an exception out of `send`/`throw`, `StopIteration` included), the
 wrapper takes its task out of the session's `tasks`, which therefore holds only live tasks.
 """
 
@@ -17,136 +17,149 @@ from __future__ import annotations
 
 import collections.abc
 from collections.abc import Callable
-from time import perf_counter_ns
+from time import perf_counter
 from typing import Any
 
 
 class SessionStats:
     """Counters of one session, written on the loop thread, read by the introspection threads."""
 
-    __slots__ = ("blocks", "busy_ns", "cpu_ring", "last_block", "last_block_mono", "session")
+    __slots__ = ("blocks", "busy_s", "cpu_ring", "last_block", "last_block_mono", "session")
 
     def __init__(self, session: Any) -> None:
         self.session = session
-        self.busy_ns = 0
-        """Nanoseconds its steps held the loop thread since it started."""
+        self.busy_s = 0.0
+        """Seconds its steps held the loop thread since it started."""
         self.blocks = 0
         self.last_block: Any = None
         """The latest `LastBlock` of this session."""
         self.last_block_mono = 0.0
-        self.cpu_ring: list[int] | None = None
-        """`busy_ns` at each of the last ticks (owned by the monitor thread)."""
+        self.cpu_ring: list[float] | None = None
+        """`busy_s` at each of the last ticks (owned by the monitor thread)."""
 
 
 class StepClock:
-    """The step in progress on one event loop, and the total time of all steps."""
+    """The step in progress on one event loop, and the total time of all steps.
 
-    __slots__ = ("current", "long_steps", "on_long_step", "started_ns", "threshold_ns", "total_ns")
+    Times are `time.perf_counter()` seconds.
+    """
 
-    def __init__(self, threshold_ns: int, on_long_step: Callable[[TimedCoroutine, int, int], None]) -> None:
+    __slots__ = ("current", "long_steps", "on_long_step", "started", "threshold_s", "total_s")
+
+    def __init__(
+        self, threshold_s: float, on_long_step: Callable[[TimedCoroutine, float, float], None]
+    ) -> None:
         self.current: TimedCoroutine | None = None
         """The innermost step running now (its wrapper), or None between steps."""
-        self.started_ns = 0
+        self.started = 0.0
         """When the current step (or, between steps, the last one) began."""
-        self.total_ns = 0
+        self.total_s = 0.0
         """Own time of every nested-aware step so far: lets a step subtract the steps nested in it."""
         self.long_steps = 0
         """Steps longer than the threshold so far."""
-        self.threshold_ns = threshold_ns
+        self.threshold_s = threshold_s
         self.on_long_step = on_long_step
-        """Called on the loop thread as (wrapper, start_ns, own_ns) after a step over the threshold."""
+        """Called on the loop thread as (wrapper, start, own seconds) after a step over the threshold."""
 
 
-class TimedCoroutine(tuple, collections.abc.Coroutine):  # type: ignore[type-arg]
+class TimedCoroutine(collections.abc.Coroutine):  # type: ignore[type-arg]
     """Wraps a session task's coroutine; the task drives it exactly like the original.
 
-    A tuple `(coroutine, stats, clock)`: it is built in C with no Python `__init__`, and one unpacking
-    reads all three, cheaper than three attribute look-ups, on a path taken by every step of every
-    session task. This is the lean variant, for loops whose steps never nest (no eager task factory).
+    This is the lean variant, for loops whose steps never nest (no eager task factory). It runs on
+    every step of every session task, so it is shaped for the interpreter's fast paths: slots (read by
+    a specialised instruction; a tuple subclass, tried before, is unpacked through an iterator), and
+    no `__init__` (the task factory fills the slots: a Python `__init__` is a call per task). The
+    bookkeeping is written twice in each method, after the step and in the one exception handler:
+    a `finally` or a shared helper costs a second handler or a call on every task's last step. Clock
+    readings are float seconds: floats come from a free list, `perf_counter_ns` integers are allocated.
     """
 
-    __slots__ = ()
+    __slots__ = ("clock", "stats", "wrapped")
 
-    # Built as `TimedCoroutine((coro, stats, clock))`: tuple's own constructor, no Python call.
+    wrapped: Any
+    """The original coroutine."""
+    stats: SessionStats
+    clock: StepClock
 
-    @property
-    def stats(self) -> SessionStats:
-        return self[1]  # type: ignore[no-any-return]
-
-    def send(self, value: Any = None, _now: Callable[[], int] = perf_counter_ns) -> Any:
-        coro, stats, clock = self
+    def send(self, value: Any = None, _now: Callable[[], float] = perf_counter) -> Any:
+        clock = self.clock
         clock.current = self
-        start = clock.started_ns = _now()
+        start = clock.started = _now()
         try:
-            return coro.send(value)
+            result = self.wrapped.send(value)
         except BaseException:  # the coroutine has ended (StopIteration is its return)
-            stats.session.tasks.pop(coro, None)
-            raise
-        finally:
             own = _now() - start
             clock.current = None
-            stats.busy_ns += own
-            if own > clock.threshold_ns:
+            stats = self.stats
+            stats.busy_s += own
+            stats.session.tasks.pop(self.wrapped, None)
+            if own > clock.threshold_s:
                 clock.on_long_step(self, start, own)
+            raise
+        own = _now() - start
+        clock.current = None
+        self.stats.busy_s += own
+        if own > clock.threshold_s:
+            clock.on_long_step(self, start, own)
+        return result
 
     # CPython's tasks step a non-native coroutine with next() when sending None: same code, no extra call.
     __next__ = send
 
-    # The same body as `send`, on purpose: a shared helper would add a Python call to every step.
     def throw(
-        self, typ: Any, val: Any = None, tb: Any = None, _now: Callable[[], int] = perf_counter_ns
+        self, typ: Any, val: Any = None, tb: Any = None, _now: Callable[[], float] = perf_counter
     ) -> Any:
-        coro, stats, clock = self
+        clock = self.clock
         clock.current = self
-        start = clock.started_ns = _now()
+        start = clock.started = _now()
+        coro = self.wrapped
         try:
-            if val is None and tb is None:
-                return coro.throw(typ)
-            return coro.throw(typ, val, tb)
+            result = coro.throw(typ) if val is None and tb is None else coro.throw(typ, val, tb)
         except BaseException:
-            stats.session.tasks.pop(coro, None)
-            raise
-        finally:
             own = _now() - start
             clock.current = None
-            stats.busy_ns += own
-            if own > clock.threshold_ns:
+            stats = self.stats
+            stats.busy_s += own
+            stats.session.tasks.pop(coro, None)
+            if own > clock.threshold_s:
                 clock.on_long_step(self, start, own)
+            raise
+        own = _now() - start
+        clock.current = None
+        self.stats.busy_s += own
+        if own > clock.threshold_s:
+            clock.on_long_step(self, start, own)
+        return result
 
     def __await__(self) -> TimedCoroutine:  # type: ignore[override]
         return self
 
     def close(self) -> None:
-        coro, stats, _ = self
-        stats.session.tasks.pop(coro, None)
-        coro.close()
+        self.stats.session.tasks.pop(self.wrapped, None)
+        self.wrapped.close()
 
     # What debuggers, reprs and asyncio's own task introspection read from a coroutine.
     @property
     def cr_frame(self) -> Any:
-        return getattr(self[0], "cr_frame", None) or getattr(self[0], "gi_frame", None)
+        return getattr(self.wrapped, "cr_frame", None) or getattr(self.wrapped, "gi_frame", None)
 
     @property
     def cr_running(self) -> bool:
-        return bool(getattr(self[0], "cr_running", False))
+        return bool(getattr(self.wrapped, "cr_running", False))
 
     @property
     def cr_await(self) -> Any:
-        return getattr(self[0], "cr_await", None)
+        return getattr(self.wrapped, "cr_await", None)
 
     @property
     def cr_code(self) -> Any:
-        return getattr(self[0], "cr_code", None) or getattr(self[0], "gi_code", None)
-
-    def __getattr__(self, name: str) -> Any:
-        # Only reached for names this class lacks (`__qualname__`, `__name__`...): asyncio's task repr
-        # then shows the wrapped coroutine's name.
-        return getattr(self[0], name)
+        return getattr(self.wrapped, "cr_code", None) or getattr(self.wrapped, "gi_code", None)
 
     @property
-    def wrapped(self) -> Any:
-        """The original coroutine."""
-        return self[0]
+    def __name__(self) -> str:
+        # What asyncio's task repr names the coroutine by. Not a `__getattr__` passing every missing
+        # name on: any `__getattr__` turns off the interpreter's fast slot reads that `send` relies on.
+        return str(getattr(self.wrapped, "__name__", type(self.wrapped).__name__))
 
 
 class NestedTimedCoroutine(TimedCoroutine):
@@ -155,47 +168,49 @@ class NestedTimedCoroutine(TimedCoroutine):
 
     __slots__ = ()
 
-    def send(self, value: Any = None, _now: Callable[[], int] = perf_counter_ns) -> Any:
-        coro, stats, clock = self
-        outer, outer_start = clock.current, clock.started_ns
+    def send(self, value: Any = None, _now: Callable[[], float] = perf_counter) -> Any:
+        coro, stats, clock = self.wrapped, self.stats, self.clock
+        outer, outer_start = clock.current, clock.started
         clock.current = self
-        mark = clock.total_ns
-        start = clock.started_ns = _now()
+        mark = clock.total_s
+        start = clock.started = _now()
         try:
-            return coro.send(value)
+            result = coro.send(value)
         except BaseException:  # the coroutine has ended (StopIteration is its return)
             stats.session.tasks.pop(coro, None)
+            self._account(outer, outer_start, mark, start, _now())
             raise
-        finally:
-            # Steps nested in this one added their own time to total_ns.
-            own = _now() - start - (clock.total_ns - mark)
-            clock.current, clock.started_ns = outer, outer_start
-            clock.total_ns += own
-            stats.busy_ns += own
-            if own > clock.threshold_ns:
-                clock.on_long_step(self, start, own)
+        self._account(outer, outer_start, mark, start, _now())
+        return result
 
     __next__ = send
 
     def throw(
-        self, typ: Any, val: Any = None, tb: Any = None, _now: Callable[[], int] = perf_counter_ns
+        self, typ: Any, val: Any = None, tb: Any = None, _now: Callable[[], float] = perf_counter
     ) -> Any:
-        coro, stats, clock = self
-        outer, outer_start = clock.current, clock.started_ns
+        coro, stats, clock = self.wrapped, self.stats, self.clock
+        outer, outer_start = clock.current, clock.started
         clock.current = self
-        mark = clock.total_ns
-        start = clock.started_ns = _now()
+        mark = clock.total_s
+        start = clock.started = _now()
         try:
-            if val is None and tb is None:
-                return coro.throw(typ)
-            return coro.throw(typ, val, tb)
+            result = coro.throw(typ) if val is None and tb is None else coro.throw(typ, val, tb)
         except BaseException:
             stats.session.tasks.pop(coro, None)
+            self._account(outer, outer_start, mark, start, _now())
             raise
-        finally:
-            own = _now() - start - (clock.total_ns - mark)
-            clock.current, clock.started_ns = outer, outer_start
-            clock.total_ns += own
-            stats.busy_ns += own
-            if own > clock.threshold_ns:
-                clock.on_long_step(self, start, own)
+        self._account(outer, outer_start, mark, start, _now())
+        return result
+
+    def _account(
+        self, outer: TimedCoroutine | None, outer_start: float, mark: float, start: float, end: float
+    ) -> None:
+        # A helper here, unlike the lean variant: eager task factories are the rare case.
+        stats, clock = self.stats, self.clock
+        # Steps nested in this one added their own time to total_s.
+        own = end - start - (clock.total_s - mark)
+        clock.current, clock.started = outer, outer_start
+        clock.total_s += own
+        stats.busy_s += own
+        if own > clock.threshold_s:
+            clock.on_long_step(self, start, own)

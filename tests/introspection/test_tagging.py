@@ -228,7 +228,7 @@ def test_tagger_reads_the_context_argument(run_loop: Any) -> None:
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        tagger = TaskTagger(StepClock(2**62, lambda *_: None))
+        tagger = TaskTagger(StepClock(float("inf"), lambda *_: None))
         tagger.install(loop)
         try:
             draining = asyncio.Event()
