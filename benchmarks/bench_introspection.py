@@ -505,16 +505,22 @@ def overhead(loop_kind: str, rounds: int, window_s: float, load: str) -> dict[st
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument(
+        "--pairs", type=int, default=10, help="on/off window pairs per overhead figure (default 10)"
+    )
     parser.add_argument("--only", choices=["accuracy", "stalls", "false_positives", "latency", "overhead"])
     parser.add_argument("--out", default="benchmarks/out/introspection.json")
     # One overhead window, run by `overhead` in a child process.
     parser.add_argument("--window", choices=["on", "off"], help=argparse.SUPPRESS)
     parser.add_argument("--loop", choices=LOOPS, default="asyncio", help=argparse.SUPPRESS)
-    parser.add_argument("--load", choices=["realistic", "tiny"], default="realistic", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--load", choices=["realistic", "tiny"], help="overhead: only this load (default both)"
+    )
     parser.add_argument("--seconds", type=float, default=4.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.window:
-        print(json.dumps(overhead_window(args.loop, args.window == "on", args.seconds, args.load)))
+        load = args.load or "realistic"
+        print(json.dumps(overhead_window(args.loop, args.window == "on", args.seconds, load)))
         return
     q = args.quick
     report: dict[str, Any] = {
@@ -536,8 +542,8 @@ def main() -> None:
             out["latency"] = latency(loop_kind, 1000, 30 if q else 200)
         if "overhead" in sections:
             out["overhead"] = {
-                load: overhead(loop_kind, 2 if q else 10, 2.0 if q else 4.0, load)
-                for load in ("realistic", "tiny")
+                load: overhead(loop_kind, 2 if q else args.pairs, 2.0 if q else 4.0, load)
+                for load in ((args.load,) if args.load else ("realistic", "tiny"))
             }
         report[loop_kind] = out
         print(json.dumps({loop_kind: out}, indent=1), flush=True)
