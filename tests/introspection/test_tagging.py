@@ -161,6 +161,25 @@ def test_a_task_leaves_the_session_however_it_ends(run_loop: Any) -> None:
     assert left == [1]
 
 
+def test_a_tagged_task_still_shows_its_own_coroutine(run_loop: Any) -> None:
+    """asyncio's repr and stack of a session task name the session's coroutine, not the step wrapper."""
+    seen: dict[str, Any] = {}
+
+    async def agent(session: Session) -> None:
+        async def fetch_weather() -> None:
+            await asyncio.sleep(0.05)
+
+        child = asyncio.create_task(fetch_weather())
+        await asyncio.sleep(0)
+        seen["repr"] = repr(child)
+        seen["stack"] = [frame.f_code.co_name for frame in child.get_stack()]
+        await child
+
+    _run_one_session(run_loop, agent)
+    assert "fetch_weather" in seen["repr"], seen["repr"]
+    assert seen["stack"] == ["fetch_weather"]
+
+
 def test_chains_to_previous_factory_and_restores_it(run_loop: Any) -> None:
     calls: list[str] = []
 
