@@ -83,8 +83,8 @@ class TimedCoroutine(collections.abc.Coroutine):  # type: ignore[type-arg]
 
     def send(self, value: Any = None, _now: Callable[[], float] = perf_counter) -> Any:
         clock = self.clock
-        clock.current = self
         start = clock.started = _now()
+        clock.current = self  # after `started`: another thread never sees this step with the last one's start
         try:
             result = self.wrapped.send(value)
         except BaseException:  # the coroutine has ended (StopIteration is its return)
@@ -110,8 +110,8 @@ class TimedCoroutine(collections.abc.Coroutine):  # type: ignore[type-arg]
         self, typ: Any, val: Any = None, tb: Any = None, _now: Callable[[], float] = perf_counter
     ) -> Any:
         clock = self.clock
-        clock.current = self
         start = clock.started = _now()
+        clock.current = self  # after `started`: another thread never sees this step with the last one's start
         coro = self.wrapped
         try:
             result = coro.throw(typ) if val is None and tb is None else coro.throw(typ, val, tb)
@@ -171,9 +171,9 @@ class NestedTimedCoroutine(TimedCoroutine):
     def send(self, value: Any = None, _now: Callable[[], float] = perf_counter) -> Any:
         coro, stats, clock = self.wrapped, self.stats, self.clock
         outer, outer_start = clock.current, clock.started
-        clock.current = self
         mark = clock.total_s
         start = clock.started = _now()
+        clock.current = self
         try:
             result = coro.send(value)
         except BaseException:  # the coroutine has ended (StopIteration is its return)
@@ -190,9 +190,9 @@ class NestedTimedCoroutine(TimedCoroutine):
     ) -> Any:
         coro, stats, clock = self.wrapped, self.stats, self.clock
         outer, outer_start = clock.current, clock.started
-        clock.current = self
         mark = clock.total_s
         start = clock.started = _now()
+        clock.current = self
         try:
             result = coro.throw(typ) if val is None and tb is None else coro.throw(typ, val, tb)
         except BaseException:
