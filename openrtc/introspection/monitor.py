@@ -327,10 +327,11 @@ class Monitor:
             where = _blame_text(blame)
         else:
             # The watchdog never got the GIL during the step: a C call held it until the step was
-            # nearly over. The coroutine's suspension point is the best honest clue left.
+            # nearly over, or another thread did (a long garbage collection there, say). The
+            # coroutine's suspension point is the best honest clue left.
             stack = suspended_stack(step.wrapped)
             blame = pick_blame(stack, self._own_dirs(session.agent))
-            where = f"{_blame_text(blame)} (step ended here; a C call held the GIL, no live stack)"
+            where = f"{_blame_text(blame)} (step ended here; the watchdog could not look: no live stack)"
         ms = own * 1000
         at = time.time() - (perf_counter() - start)
         block = Block(
