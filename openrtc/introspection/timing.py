@@ -68,9 +68,9 @@ class TimedCoroutine(collections.abc.Coroutine):  # type: ignore[type-arg]
     This is the lean variant, for loops whose steps never nest (no eager task factory). It runs on
     every step of every session task, so it is shaped for the interpreter's fast paths: slots (read by
     a specialised instruction; a tuple subclass, tried before, is unpacked through an iterator), and
-    no `__init__` (the task factory fills the slots: a Python `__init__` is a call per task). The
-    bookkeeping is written twice in each method, after the step and in the one exception handler:
-    a `finally` or a shared helper costs a second handler or a call on every task's last step. Clock
+    no `__init__` (the task factory fills the slots: a Python `__init__` is a call per task). In
+    `send` the bookkeeping is written twice, after the step and in the one exception handler: a
+    `finally` or a shared helper costs a second handler or a call on every task's last step. Clock
     readings are float seconds: floats come from a free list, `perf_counter_ns` integers are allocated.
     """
 
@@ -109,27 +109,28 @@ class TimedCoroutine(collections.abc.Coroutine):  # type: ignore[type-arg]
     def throw(
         self, typ: Any, val: Any = None, tb: Any = None, _now: Callable[[], float] = perf_counter
     ) -> Any:
+        # Far rarer than `send` (a cancellation, an error thrown in): its bookkeeping may cost a call.
         clock = self.clock
         start = clock.started = _now()
-        clock.current = self  # after `started`: another thread never sees this step with the last one's start
+        clock.current = self
         coro = self.wrapped
         try:
             result = coro.throw(typ) if val is None and tb is None else coro.throw(typ, val, tb)
         except BaseException:
-            own = _now() - start
-            clock.current = None
-            stats = self.stats
-            stats.busy_s += own
-            stats.session.tasks.pop(coro, None)
-            if own > clock.threshold_s:
-                clock.on_long_step(self, start, own)
+            self._step_done(start, _now())
+            self.stats.session.tasks.pop(coro, None)
             raise
-        own = _now() - start
+        self._step_done(start, _now())
+        return result
+
+    def _step_done(self, start: float, end: float) -> None:
+        """`send`'s bookkeeping after a step, for the rare paths."""
+        own = end - start
+        clock = self.clock
         clock.current = None
         self.stats.busy_s += own
         if own > clock.threshold_s:
             clock.on_long_step(self, start, own)
-        return result
 
     def __await__(self) -> TimedCoroutine:  # type: ignore[override]
         return self
