@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint bench soak snapshots-update clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py openrtc/introspection/_steps.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from openrtc.introspection import timing
 from openrtc.runtime.loops import loop_factory
 from tests.cli.worker import Worker
 
@@ -33,6 +34,17 @@ def run_loop(loop_kind: str) -> Callable[[Any], Any]:
             return runner.run(coro)
 
     return run
+
+
+@pytest.fixture
+def step_timer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> timing.StepTimer:
+    """The step timer ("c" or "python", parametrised indirectly; else the active one) of the pools and
+    monitors this test makes."""
+    name = getattr(request, "param", timing.ACTIVE.name)
+    timer = timing.PYTHON if name == "python" else timing.NATIVE
+    assert timer is not None, "the C step timer was not built"
+    monkeypatch.setattr(timing, "ACTIVE", timer)
+    return timer
 
 
 @pytest.fixture

@@ -117,6 +117,7 @@ class Daemon:
                     "started_at": pool.started_at,
                     "isolation": pool.config.isolation,
                     "loop": loop_name(self._loop),
+                    "step_timer": self.monitor.timer.name,
                     "agents": list(pool.agent_names),
                     "sessions_active": pool.sessions_active,
                     "sessions_started": pool.sessions_started,

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from time import perf_counter
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from openrtc.introspection import timing
@@ -78,14 +79,16 @@ class Capture:
     the step was long because the thread was paused (OS scheduling, another thread holding the GIL)."""
 
 
-_TIMING_FILE = timing.__file__
-
-
-def in_session_code(stack: list[FrameInfo]) -> bool:
-    """True when frames of the stepped coroutine lie below the step wrapper's frame."""
-    for i in range(len(stack) - 1, -1, -1):
-        if stack[i].filename == _TIMING_FILE:
-            return i < len(stack) - 1
+def runs_in(frame: FrameType | None, coro: Any) -> bool:
+    """True when `coro`'s own frame is on the stack that ends in `frame`: the thread is in the step's
+    code, not in the wrapper's bookkeeping around it (nor anywhere else)."""
+    target = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+    if target is None:  # a coroutine without frames (one written in C): cannot tell, so trust it
+        return True
+    while frame is not None:
+        if frame is target:
+            return True
+        frame = frame.f_back
     return False
 
 
@@ -112,7 +115,9 @@ class Monitor:
         on_rss: Callable[[float], None] | None = None,
     ) -> None:
         self.threshold_s = threshold_ms / 1000
-        self.clock = StepClock(self.threshold_s, self._on_long_step)
+        self.timer = timing.ACTIVE
+        """The step timer implementation: read when the monitor is made, so tests can choose it."""
+        self.clock: StepClock = self.timer.clock(self.threshold_s, self._on_long_step)
         self._sessions = sessions
         self._own_dirs = own_dirs
         self._read_rss_mb = read_rss_mb
@@ -310,6 +315,14 @@ class Monitor:
 
     def _on_long_step(self, step: TimedCoroutine, start: float, own: float) -> None:
         """A session step held the loop past the threshold (called on the loop thread, when it ends)."""
+        try:
+            self._note_long_step(step, start, own)
+        except Exception as exc:
+            # Raised here, it would come out of the session's own step and fail its task.
+            self.record_error(f"long step: {type(exc).__name__}: {exc}")
+            log.exception("introspection failed to record a long step")
+
+    def _note_long_step(self, step: TimedCoroutine, start: float, own: float) -> None:
         self.clock.long_steps += 1
         # A garbage collection that ran inside the step is nobody's fault: it is reported on its own.
         own -= self._gc_within(start, perf_counter())
@@ -407,13 +420,13 @@ class Monitor:
 
     def _capture_step(self, step: TimedCoroutine, start: float) -> Capture:
         session = step.stats.session
-        stack = self._loop_stack()
+        frame = sys._current_frames().get(self._loop_thread_id)
+        stack = walk(frame)
         blame = pick_blame(stack, self._own_dirs(session.agent))
-        return Capture(step, session, start, stack, blame, in_session_code(stack))
+        return Capture(step, session, start, stack, blame, runs_in(frame, step.wrapped))
 
     def _loop_stack(self) -> list[FrameInfo]:
-        frame = sys._current_frames().get(self._loop_thread_id)
-        return walk(frame)
+        return walk(sys._current_frames().get(self._loop_thread_id))
 
     def ongoing(self) -> Block | None:
         """The block in progress, if the loop is held right now by a step the watchdog has seen."""

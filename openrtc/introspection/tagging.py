@@ -21,7 +21,7 @@ from collections.abc import Coroutine, Generator
 from contextvars import Context
 from typing import Any
 
-from openrtc.introspection.timing import NestedTimedCoroutine, StepClock, TimedCoroutine
+from openrtc.introspection.timing import NestedTimedCoroutine, StepClock, timer_of
 from openrtc.runtime.session import Session, current_session
 
 TaskFactory = Any  # asyncio's own annotation for task factories differs across 3.11-3.13
@@ -64,7 +64,9 @@ def _make_factory(previous: TaskFactory | None, clock: StepClock) -> TaskFactory
     get_session = current_session.get
     new_task = asyncio.Task
     # Another factory underneath may start tasks eagerly, nesting one step in another.
-    timed = TimedCoroutine if previous is None else NestedTimedCoroutine
+    lean = timer_of(clock)
+    timed: Any = lean.wrapper if previous is None else NestedTimedCoroutine
+    filled = lean.filled or previous is not None
     new_wrapper = object.__new__
 
     def factory(
@@ -76,9 +78,11 @@ def _make_factory(previous: TaskFactory | None, clock: StepClock) -> TaskFactory
         session = get_session() if context is None else context.get(current_session)
         if session is None or session.stats is None:
             return _create(loop, coro, context, kwargs)
-        # Filled here rather than by an `__init__`: a Python call per task (see TimedCoroutine).
-        wrapped = new_wrapper(timed)
-        wrapped.wrapped, wrapped.stats, wrapped.clock = coro, session.stats, clock
+        if filled:  # the Python wrappers: an `__init__` would be a Python call per task
+            wrapped = new_wrapper(timed)
+            wrapped.wrapped, wrapped.stats, wrapped.clock = coro, session.stats, clock
+        else:
+            wrapped = timed(coro, session.stats, clock)
         if previous is None and not kwargs:
             # Not started yet: it cannot have ended, so the wrapper will find its entry.
             task: asyncio.Future[Any] = new_task(wrapped, loop=loop, context=context)

@@ -6,22 +6,33 @@ in full (others waited meanwhile). The step in progress is published on the `Ste
 lets the watchdog name the session that holds the loop while it still holds it.
 
 Why wrap rather than sample: a thread sampling `current_task` only gets the GIL when the loop gives it
-up, so it mostly lands while the loop sleeps (errors up to 60 points were measured); the wrapper costs
-a fraction of a microsecond per step and is exact. It runs on every step of every session task, so it
-does as little as it can: two clock reads, a handful of attribute updates, no objects but the clock's
-floats. When the coroutine ends (an exception out of `send`/`throw`, `StopIteration` included), the
+up, so it mostly lands while the loop sleeps (errors up to 60 points were measured); timing each step is
+exact. When the coroutine ends (an exception out of `send`/`throw`, `StopIteration` included), the
 wrapper takes its task out of the session's `tasks`, which therefore holds only live tasks.
+
+Two implementations of the same objects: the C extension `_steps` (built at install when a compiler is
+there; a task steps it like a native coroutine, with no Python frame and nothing allocated per step)
+and the pure-Python classes below, the reference and the fallback. `ACTIVE` is the one the worker uses;
+`OPENRTC_PURE_PYTHON=1` forces the Python one. Steps that can nest (an eager task factory underneath)
+always use `NestedTimedCoroutine`, in Python, with either clock.
 """
 
 from __future__ import annotations
 
 import collections.abc
+import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+try:
+    from openrtc.introspection import _steps
+except ImportError:  # built without a C compiler
+    _steps = None  # type: ignore[assignment]
 
 
-class SessionStats:
+class PySessionStats:
     """Counters of one session, written on the loop thread, read by the introspection threads."""
 
     __slots__ = ("blocks", "busy_s", "cpu_ring", "last_block", "last_block_mono", "session")
@@ -38,7 +49,7 @@ class SessionStats:
         """`busy_s` at each of the last ticks (owned by the monitor thread)."""
 
 
-class StepClock:
+class PyStepClock:
     """The step in progress on one event loop, and the total time of all steps.
 
     Times are `time.perf_counter()` seconds.
@@ -62,7 +73,38 @@ class StepClock:
         """Called on the loop thread as (wrapper, start, own seconds) after a step over the threshold."""
 
 
-class TimedCoroutine(collections.abc.Coroutine):  # type: ignore[type-arg]
+class _CoroutineFacade:
+    """What debuggers, reprs and asyncio's own task introspection read from a coroutine, passed on
+    from the wrapped one (shared by both implementations' wrappers)."""
+
+    __slots__ = ()
+
+    wrapped: Any
+
+    @property
+    def cr_frame(self) -> Any:
+        return getattr(self.wrapped, "cr_frame", None) or getattr(self.wrapped, "gi_frame", None)
+
+    @property
+    def cr_running(self) -> bool:
+        return bool(getattr(self.wrapped, "cr_running", False))
+
+    @property
+    def cr_await(self) -> Any:
+        return getattr(self.wrapped, "cr_await", None)
+
+    @property
+    def cr_code(self) -> Any:
+        return getattr(self.wrapped, "cr_code", None) or getattr(self.wrapped, "gi_code", None)
+
+    @property
+    def __name__(self) -> str:
+        # What asyncio's task repr names the coroutine by. Not a `__getattr__` passing every missing
+        # name on: any `__getattr__` turns off the interpreter's fast slot reads that `send` relies on.
+        return str(getattr(self.wrapped, "__name__", type(self.wrapped).__name__))
+
+
+class PyTimedCoroutine(_CoroutineFacade, collections.abc.Coroutine):  # type: ignore[type-arg]
     """Wraps a session task's coroutine; the task drives it exactly like the original.
 
     This is the lean variant, for loops whose steps never nest (no eager task factory). It runs on
@@ -139,31 +181,8 @@ class TimedCoroutine(collections.abc.Coroutine):  # type: ignore[type-arg]
         self.stats.session.tasks.pop(self.wrapped, None)
         self.wrapped.close()
 
-    # What debuggers, reprs and asyncio's own task introspection read from a coroutine.
-    @property
-    def cr_frame(self) -> Any:
-        return getattr(self.wrapped, "cr_frame", None) or getattr(self.wrapped, "gi_frame", None)
 
-    @property
-    def cr_running(self) -> bool:
-        return bool(getattr(self.wrapped, "cr_running", False))
-
-    @property
-    def cr_await(self) -> Any:
-        return getattr(self.wrapped, "cr_await", None)
-
-    @property
-    def cr_code(self) -> Any:
-        return getattr(self.wrapped, "cr_code", None) or getattr(self.wrapped, "gi_code", None)
-
-    @property
-    def __name__(self) -> str:
-        # What asyncio's task repr names the coroutine by. Not a `__getattr__` passing every missing
-        # name on: any `__getattr__` turns off the interpreter's fast slot reads that `send` relies on.
-        return str(getattr(self.wrapped, "__name__", type(self.wrapped).__name__))
-
-
-class NestedTimedCoroutine(TimedCoroutine):
+class NestedTimedCoroutine(PyTimedCoroutine):
     """The variant for loops where a step can run inside another (an eager task's first step runs
     inside the step that created it): the inner step's time is taken out of the outer one."""
 
@@ -215,3 +234,52 @@ class NestedTimedCoroutine(TimedCoroutine):
         stats.busy_s += own
         if own > clock.threshold_s:
             clock.on_long_step(self, start, own)
+
+
+@dataclass(frozen=True)
+class StepTimer:
+    """One implementation of the step timer: a clock, per-session stats and the lean wrapper that go
+    together (the C wrapper accepts only the C clock and stats)."""
+
+    name: str
+    """"c" or "python"."""
+    clock: type[Any]
+    stats: type[Any]
+    wrapper: type[Any]
+    filled: bool
+    """True when the task factory makes a wrapper with `object.__new__` and fills its slots (the Python
+    one: a Python `__init__` would be a call per task); else it calls `wrapper(coro, stats, clock)`."""
+
+
+PYTHON = StepTimer("python", PyStepClock, PySessionStats, PyTimedCoroutine, filled=True)
+"""The pure-Python step timer."""
+
+
+if _steps is not None:
+
+    class CTimedCoroutine(_steps.TimedCoroutine, _CoroutineFacade, collections.abc.Coroutine):  # type: ignore[type-arg]
+        """The C wrapper with the coroutine facade; a `Coroutine`, so asyncio accepts it."""
+
+        __slots__ = ()
+
+
+NATIVE = (
+    None
+    if _steps is None
+    else StepTimer("c", _steps.StepClock, _steps.SessionStats, CTimedCoroutine, filled=False)
+)
+"""The C step timer, or None when the extension was not built."""
+ACTIVE = PYTHON if NATIVE is None or os.environ.get("OPENRTC_PURE_PYTHON") == "1" else NATIVE
+"""The step timer the worker uses."""
+
+if TYPE_CHECKING:
+    StepClock = PyStepClock
+    SessionStats = PySessionStats
+    TimedCoroutine = PyTimedCoroutine
+else:
+    StepClock, SessionStats, TimedCoroutine = ACTIVE.clock, ACTIVE.stats, ACTIVE.wrapper
+
+
+def timer_of(clock: PyStepClock) -> StepTimer:
+    """The implementation `clock` belongs to."""
+    return NATIVE if NATIVE is not None and isinstance(clock, NATIVE.clock) else PYTHON

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 from openrtc.errors import ConfigError, OpenRTCError, SessionRefused, UnknownAgentError
 from openrtc.introspection.schema import ENDED_KEEP_S
-from openrtc.introspection.timing import SessionStats
 from openrtc.runtime.admission import Limits, check_admission
 from openrtc.runtime.agent import AgentSpec, make_spec
 from openrtc.runtime.config import PoolConfig
@@ -244,6 +243,7 @@ class AgentPool:
         self._draining = asyncio.Event()
         self._shutdown = asyncio.Event()
         if self.config.enable_introspection:
+            from openrtc.introspection import timing
             from openrtc.introspection.monitor import Monitor
             from openrtc.introspection.tagging import TaskTagger
 
@@ -257,6 +257,11 @@ class AgentPool:
             )
             self._tagger = TaskTagger(self._monitor.clock)
             self._tagger.install(loop)
+            if timing.NATIVE is None:
+                log.warning(
+                    "the C step timer was not built (no C compiler when openrtc was installed?): "
+                    "steps are timed in pure Python, about 10x the cost per step"
+                )
         self._state = "running"
         try:
             if self.config.isolation == "process":
@@ -435,7 +440,7 @@ class AgentPool:
             session_id, spec.name, tenant, metadata, self._shared.get(spec.name, {}), self._draining
         )
         if self._monitor is not None:
-            session.stats = SessionStats(session)
+            session.stats = self._monitor.timer.stats(session)
         context = contextvars.copy_context()
         context.run(current_session.set, session)
         self._sessions[session_id] = session

@@ -36,8 +36,12 @@ def snapshot_of(pool: AgentPool) -> dict[str, Any]:
 # -- CPU shares --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("step_ms", [0.1, 1.0, 10.0])
-def test_cpu_pct_matches_truth_within_3_points(run_loop: Any, sock_home: Path, step_ms: float) -> None:
+@pytest.mark.parametrize(
+    ("step_ms", "step_timer"), [(0.1, "c"), (1.0, "c"), (10.0, "c"), (0.1, "python")], indirect=["step_timer"]
+)
+def test_cpu_pct_matches_truth_within_3_points(
+    run_loop: Any, sock_home: Path, step_ms: float, step_timer: Any
+) -> None:
     """Three sessions hold about 10/30/60% of the loop in steps of `step_ms`; each measures its own truth."""
     intervals: dict[str, list[tuple[float, float]]] = {}
 
@@ -134,9 +138,10 @@ async def healthy(session: Session) -> None:
         await asyncio.sleep(0.01)
 
 
+@pytest.mark.parametrize("step_timer", ["c", "python"], indirect=True)
 @pytest.mark.parametrize("kind", ["sleep", "python", "hashlib", "regex", "json"])
 def test_stalls_are_blamed_on_the_right_session_and_line(
-    run_loop: Any, sock_home: Path, kind: str, caplog: pytest.LogCaptureFixture
+    run_loop: Any, sock_home: Path, kind: str, caplog: pytest.LogCaptureFixture, step_timer: Any
 ) -> None:
     arg = None
     if kind == "regex":
@@ -201,7 +206,10 @@ def test_stalls_are_blamed_on_the_right_session_and_line(
     )
 
 
-def test_ongoing_stall_is_visible_while_the_loop_is_blocked(run_loop: Any, sock_home: Path) -> None:
+@pytest.mark.parametrize("step_timer", ["c", "python"], indirect=True)
+def test_ongoing_stall_is_visible_while_the_loop_is_blocked(
+    run_loop: Any, sock_home: Path, step_timer: Any
+) -> None:
     seen: list[dict[str, Any]] = []
 
     async def frozen(session: Session) -> None:

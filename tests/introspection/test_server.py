@@ -81,6 +81,7 @@ def test_hello_describes_the_worker(sock_home: Path, run_loop: Any) -> None:
     assert hello["agents"] == ["blocker", "sleeper"]
     assert hello["max_sessions"] == 7 and hello["sessions_active"] == 0 and hello["draining"] is False
     assert hello["protocol"] == 1 and hello["loop"] in ("asyncio", "uvloop")
+    assert hello["step_timer"] == "c"
 
 
 def test_dispatch_cancel_and_errors(sock_home: Path, run_loop: Any) -> None:

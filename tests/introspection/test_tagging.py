@@ -9,17 +9,26 @@ from typing import Any
 import pytest
 
 from openrtc import AgentPool, Session
+from openrtc.introspection import timing
 from openrtc.introspection.tagging import TaskTagger, live_tasks, session_of
-from openrtc.introspection.timing import SessionStats, StepClock
 from openrtc.runtime.session import current_session
 
 POOL: list[AgentPool] = []
+
+
+# Every test here runs with each step timer.
+pytestmark = [
+    pytest.mark.usefixtures("step_timer"),
+    pytest.mark.parametrize("step_timer", ["c", "python"], indirect=True),
+]
 
 
 def _tagged(session: Session) -> bool:
     """True when the factory recorded the running task as the session's, in both of its records."""
     task = asyncio.current_task()
     assert task is not None
+    # the parametrised step timer runs it (in Python whenever steps can nest)
+    assert isinstance(task.get_coro(), (timing.ACTIVE.wrapper, timing.NestedTimedCoroutine))
     return task in session.tasks.values() and POOL[-1].session_of(task) is session
 
 
@@ -247,12 +256,12 @@ def test_tagger_reads_the_context_argument(run_loop: Any) -> None:
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        tagger = TaskTagger(StepClock(float("inf"), lambda *_: None))
+        tagger = TaskTagger(timing.ACTIVE.clock(float("inf"), lambda *_: None))
         tagger.install(loop)
         try:
             draining = asyncio.Event()
             session = Session("s1", "a", None, {}, {}, draining)
-            session.stats = SessionStats(session)
+            session.stats = timing.ACTIVE.stats(session)
             import contextvars
 
             ctx = contextvars.copy_context()

@@ -1,0 +1,499 @@
+/* The step timer in C: the same objects as the pure-Python ones in timing.py, for the hot path.
+
+   A session task's coroutine is wrapped so each step (one send/throw) is timed. In Python that costs
+   a frame per step, two float clock reads and a StopIteration raised through the wrapper when the
+   coroutine ends; here the task steps the wrapper through `am_send` (as it steps a native coroutine),
+   the clock is read with clock_gettime and nothing is allocated per step. The objects and their
+   attributes mirror timing.py exactly: monitor.py and snapshot.py read either without knowing which.
+
+   Times are seconds on CLOCK_MONOTONIC, as double: the clock behind time.perf_counter() on Linux and
+   macOS, converted the way CPython converts it, so they compare with perf_counter() readings. */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <stdint.h>
+#include <time.h>
+
+static inline double
+now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    int64_t ns = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+    return (double)ns / 1e9;
+}
+
+/* -- StepClock ------------------------------------------------------------------------------ */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *current;      /* the innermost step running now (its wrapper), or None */
+    double started;         /* when the current (or the last) step began */
+    double total_s;         /* own time of every nested-aware step so far */
+    Py_ssize_t long_steps;  /* steps longer than the threshold so far */
+    double threshold_s;
+    PyObject *on_long_step; /* called as (wrapper, start, own seconds) after a long step */
+} StepClockObject;
+
+static int
+clock_traverse(StepClockObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->current);
+    Py_VISIT(self->on_long_step);
+    return 0;
+}
+
+static int
+clock_clear(StepClockObject *self)
+{
+    Py_CLEAR(self->current);
+    Py_CLEAR(self->on_long_step);
+    return 0;
+}
+
+static void
+clock_dealloc(StepClockObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    clock_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+clock_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"threshold_s", "on_long_step", NULL};
+    double threshold_s;
+    PyObject *on_long_step;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "dO:StepClock", kwlist, &threshold_s, &on_long_step)) {
+        return NULL;
+    }
+    StepClockObject *self = (StepClockObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->current = Py_NewRef(Py_None);
+    self->threshold_s = threshold_s;
+    self->on_long_step = Py_NewRef(on_long_step);
+    return (PyObject *)self;
+}
+
+static PyMemberDef clock_members[] = {
+    {"current", T_OBJECT, offsetof(StepClockObject, current), 0,
+     "The innermost step running now (its wrapper), or None between steps."},
+    {"started", T_DOUBLE, offsetof(StepClockObject, started), 0,
+     "When the current step (or, between steps, the last one) began."},
+    {"total_s", T_DOUBLE, offsetof(StepClockObject, total_s), 0,
+     "Own time of every nested-aware step so far: lets a step subtract the steps nested in it."},
+    {"long_steps", T_PYSSIZET, offsetof(StepClockObject, long_steps), 0,
+     "Steps longer than the threshold so far."},
+    {"threshold_s", T_DOUBLE, offsetof(StepClockObject, threshold_s), 0, NULL},
+    {"on_long_step", T_OBJECT, offsetof(StepClockObject, on_long_step), 0,
+     "Called on the loop thread as (wrapper, start, own seconds) after a step over the threshold."},
+    {NULL}
+};
+
+static PyTypeObject StepClockType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "openrtc.introspection._steps.StepClock",
+    .tp_doc = "The step in progress on one event loop, and the total time of all steps.",
+    .tp_basicsize = sizeof(StepClockObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_new = clock_new,
+    .tp_dealloc = (destructor)clock_dealloc,
+    .tp_traverse = (traverseproc)clock_traverse,
+    .tp_clear = (inquiry)clock_clear,
+    .tp_members = clock_members,
+};
+
+/* -- SessionStats --------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *session;
+    double busy_s;
+    Py_ssize_t blocks;
+    PyObject *last_block;
+    double last_block_mono;
+    PyObject *cpu_ring;
+} SessionStatsObject;
+
+static int
+stats_traverse(SessionStatsObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->session);
+    Py_VISIT(self->last_block);
+    Py_VISIT(self->cpu_ring);
+    return 0;
+}
+
+static int
+stats_clear(SessionStatsObject *self)
+{
+    Py_CLEAR(self->session);
+    Py_CLEAR(self->last_block);
+    Py_CLEAR(self->cpu_ring);
+    return 0;
+}
+
+static void
+stats_dealloc(SessionStatsObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    stats_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+stats_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"session", NULL};
+    PyObject *session;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O:SessionStats", kwlist, &session)) {
+        return NULL;
+    }
+    SessionStatsObject *self = (SessionStatsObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->session = Py_NewRef(session);
+    self->last_block = Py_NewRef(Py_None);
+    self->cpu_ring = Py_NewRef(Py_None);
+    return (PyObject *)self;
+}
+
+static PyMemberDef stats_members[] = {
+    {"session", T_OBJECT, offsetof(SessionStatsObject, session), READONLY, NULL},
+    {"busy_s", T_DOUBLE, offsetof(SessionStatsObject, busy_s), 0,
+     "Seconds its steps held the loop thread since it started."},
+    {"blocks", T_PYSSIZET, offsetof(SessionStatsObject, blocks), 0, NULL},
+    {"last_block", T_OBJECT, offsetof(SessionStatsObject, last_block), 0,
+     "The latest `LastBlock` of this session."},
+    {"last_block_mono", T_DOUBLE, offsetof(SessionStatsObject, last_block_mono), 0, NULL},
+    {"cpu_ring", T_OBJECT, offsetof(SessionStatsObject, cpu_ring), 0,
+     "`busy_s` at each of the last ticks (owned by the monitor thread)."},
+    {NULL}
+};
+
+static PyTypeObject SessionStatsType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "openrtc.introspection._steps.SessionStats",
+    .tp_doc = "Counters of one session, written on the loop thread, read by the introspection threads.",
+    .tp_basicsize = sizeof(SessionStatsObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_new = stats_new,
+    .tp_dealloc = (destructor)stats_dealloc,
+    .tp_traverse = (traverseproc)stats_traverse,
+    .tp_clear = (inquiry)stats_clear,
+    .tp_members = stats_members,
+};
+
+/* -- TimedCoroutine ------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *wrapped;
+    SessionStatsObject *stats;
+    StepClockObject *clock;
+} TimedObject;
+
+static PyObject *str_tasks;  /* "tasks" */
+static PyObject *str_throw;  /* "throw" */
+static PyObject *str_close;  /* "close" */
+
+static int
+timed_traverse(TimedObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->wrapped);
+    Py_VISIT(self->stats);
+    Py_VISIT(self->clock);
+    return 0;
+}
+
+static int
+timed_clear(TimedObject *self)
+{
+    Py_CLEAR(self->wrapped);
+    Py_CLEAR(self->stats);
+    Py_CLEAR(self->clock);
+    return 0;
+}
+
+static void
+timed_dealloc(TimedObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    timed_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+timed_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"wrapped", "stats", "clock", NULL};
+    PyObject *wrapped;
+    PyObject *stats;
+    PyObject *clock;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!O!:TimedCoroutine", kwlist, &wrapped,
+                                     &SessionStatsType, &stats, &StepClockType, &clock)) {
+        return NULL;
+    }
+    TimedObject *self = (TimedObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->wrapped = Py_NewRef(wrapped);
+    self->stats = (SessionStatsObject *)Py_NewRef(stats);
+    self->clock = (StepClockObject *)Py_NewRef(clock);
+    return (PyObject *)self;
+}
+
+/* Takes the wrapped coroutine out of its session's `tasks`, keeping any exception in flight. */
+static int
+forget_task(TimedObject *self)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    int ok = 0;
+    PyObject *tasks = PyObject_GetAttr(self->stats->session, str_tasks);
+    if (tasks == NULL) {
+        ok = -1;
+    }
+    else {
+        if (PyDict_Check(tasks)) {
+            if (PyDict_DelItem(tasks, self->wrapped) < 0) {
+                if (PyErr_ExceptionMatches(PyExc_KeyError)) {
+                    PyErr_Clear();
+                }
+                else {
+                    ok = -1;
+                }
+            }
+        }
+        Py_DECREF(tasks);
+    }
+    if (ok < 0) {
+        /* Bookkeeping must not change what the session's task sees: the coroutine's own outcome wins. */
+        PyErr_WriteUnraisable((PyObject *)self);
+    }
+    PyErr_Restore(type, value, tb);
+    return ok;
+}
+
+/* After a step: publish its end, charge it, and report it when long. Returns -1 with an exception set
+   when the long-step callback failed (the exception of the step, if any, is chained to it). */
+static int
+step_done(TimedObject *self, double start, int ended)
+{
+    double own = now_s() - start;
+    StepClockObject *clock = self->clock;
+    PyObject *previous = clock->current;
+    clock->current = Py_NewRef(Py_None);
+    Py_XDECREF(previous);
+    self->stats->busy_s += own;
+    if (ended) {
+        forget_task(self);
+    }
+    if (own > clock->threshold_s) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyObject *res = PyObject_CallFunction(clock->on_long_step, "Odd", (PyObject *)self, start, own);
+        if (res == NULL) {
+            if (type != NULL) {
+                PyErr_NormalizeException(&type, &value, &tb);
+                if (tb != NULL) {
+                    PyException_SetTraceback(value, tb);
+                }
+                PyObject *t2, *v2, *tb2;
+                PyErr_Fetch(&t2, &v2, &tb2);
+                PyErr_NormalizeException(&t2, &v2, &tb2);
+                PyException_SetContext(v2, value); /* steals value */
+                Py_DECREF(type);
+                Py_XDECREF(tb);
+                PyErr_Restore(t2, v2, tb2);
+            }
+            return -1;
+        }
+        Py_DECREF(res);
+        PyErr_Restore(type, value, tb);
+    }
+    return 0;
+}
+
+static inline double
+step_start(TimedObject *self)
+{
+    StepClockObject *clock = self->clock;
+    double start = now_s();
+    clock->started = start;  /* before `current`: another thread never sees this step with the last start */
+    PyObject *previous = clock->current;
+    clock->current = Py_NewRef((PyObject *)self);
+    Py_XDECREF(previous);
+    return start;
+}
+
+static PySendResult
+timed_am_send(TimedObject *self, PyObject *arg, PyObject **presult)
+{
+    double start = step_start(self);
+    PySendResult res = PyIter_Send(self->wrapped, arg, presult);
+    if (step_done(self, start, res != PYGEN_NEXT) < 0) {
+        Py_CLEAR(*presult);
+        return PYGEN_ERROR;
+    }
+    return res;
+}
+
+static PyObject *
+raise_stop(PyObject *value)
+{
+    /* StopIteration(value), wrapped so a tuple or an exception is not taken for its arguments. */
+    if (value == Py_None) {
+        PyErr_SetNone(PyExc_StopIteration);
+    }
+    else {
+        PyObject *exc = PyObject_CallOneArg(PyExc_StopIteration, value);
+        if (exc != NULL) {
+            PyErr_SetObject(PyExc_StopIteration, exc);
+            Py_DECREF(exc);
+        }
+    }
+    Py_DECREF(value);
+    return NULL;
+}
+
+static PyObject *
+timed_send(TimedObject *self, PyObject *arg)
+{
+    PyObject *result = NULL;
+    PySendResult res = timed_am_send(self, arg, &result);
+    if (res == PYGEN_NEXT) {
+        return result;
+    }
+    if (res == PYGEN_RETURN) {
+        return raise_stop(result);
+    }
+    return NULL;
+}
+
+static PyObject *
+timed_iternext(TimedObject *self)
+{
+    return timed_send(self, Py_None);
+}
+
+static PyObject *
+timed_throw(TimedObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 3) {
+        PyErr_SetString(PyExc_TypeError, "throw expected 1 to 3 arguments");
+        return NULL;
+    }
+    double start = step_start(self);
+    PyObject *result = PyObject_VectorcallMethod(
+        str_throw, (PyObject *[]){self->wrapped, args[0], nargs > 1 ? args[1] : NULL, nargs > 2 ? args[2] : NULL},
+        (size_t)nargs + 1, NULL);
+    if (step_done(self, start, result == NULL) < 0) {
+        Py_XDECREF(result);
+        return NULL;
+    }
+    return result;
+}
+
+static PyObject *
+timed_close(TimedObject *self, PyObject *Py_UNUSED(ignored))
+{
+    forget_task(self);
+    return PyObject_CallMethodNoArgs(self->wrapped, str_close);
+}
+
+static PyObject *
+timed_await(TimedObject *self)
+{
+    return Py_NewRef((PyObject *)self);
+}
+
+static PyMethodDef timed_methods[] = {
+    {"send", (PyCFunction)timed_send, METH_O, "Step the coroutine with a value, timing the step."},
+    {"throw", (PyCFunction)(void (*)(void))timed_throw, METH_FASTCALL,
+     "Throw an exception into the coroutine, timing the step."},
+    {"close", (PyCFunction)timed_close, METH_NOARGS, "Close the coroutine."},
+    {NULL}
+};
+
+static PyMemberDef timed_members[] = {
+    {"wrapped", T_OBJECT, offsetof(TimedObject, wrapped), READONLY, "The original coroutine."},
+    {"stats", T_OBJECT, offsetof(TimedObject, stats), READONLY, NULL},
+    {"clock", T_OBJECT, offsetof(TimedObject, clock), READONLY, NULL},
+    {NULL}
+};
+
+static PyAsyncMethods timed_as_async = {
+    .am_await = (unaryfunc)timed_await,
+    .am_send = (sendfunc)timed_am_send,
+};
+
+static PyTypeObject TimedType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "openrtc.introspection._steps.TimedCoroutine",
+    .tp_doc = "Wraps a session task's coroutine and times each of its steps (C).",
+    .tp_basicsize = sizeof(TimedObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_new = timed_new,
+    .tp_dealloc = (destructor)timed_dealloc,
+    .tp_traverse = (traverseproc)timed_traverse,
+    .tp_clear = (inquiry)timed_clear,
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = (iternextfunc)timed_iternext,
+    .tp_as_async = &timed_as_async,
+    .tp_methods = timed_methods,
+    .tp_members = timed_members,
+};
+
+/* -- module --------------------------------------------------------------------------------- */
+
+static PyObject *
+steps_now(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+    return PyFloat_FromDouble(now_s());
+}
+
+static PyMethodDef module_methods[] = {
+    {"now", steps_now, METH_NOARGS, "The step clock's reading now, in seconds (compares with perf_counter)."},
+    {NULL}
+};
+
+static struct PyModuleDef steps_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "openrtc.introspection._steps",
+    .m_doc = "The step timer in C (see timing.py for the pure-Python reference).",
+    .m_size = -1,
+    .m_methods = module_methods,
+};
+
+PyMODINIT_FUNC
+PyInit__steps(void)
+{
+    str_tasks = PyUnicode_InternFromString("tasks");
+    str_throw = PyUnicode_InternFromString("throw");
+    str_close = PyUnicode_InternFromString("close");
+    if (str_tasks == NULL || str_throw == NULL || str_close == NULL) {
+        return NULL;
+    }
+    if (PyType_Ready(&StepClockType) < 0 || PyType_Ready(&SessionStatsType) < 0 ||
+        PyType_Ready(&TimedType) < 0) {
+        return NULL;
+    }
+    PyObject *m = PyModule_Create(&steps_module);
+    if (m == NULL) {
+        return NULL;
+    }
+    if (PyModule_AddObjectRef(m, "StepClock", (PyObject *)&StepClockType) < 0 ||
+        PyModule_AddObjectRef(m, "SessionStats", (PyObject *)&SessionStatsType) < 0 ||
+        PyModule_AddObjectRef(m, "TimedCoroutine", (PyObject *)&TimedType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,33 @@
+# The C step timer (_steps.c); same attributes as the pure-Python classes in timing.py.
+from collections.abc import Callable
+from typing import Any
+
+def now() -> float: ...
+
+class StepClock:
+    current: Any
+    started: float
+    total_s: float
+    long_steps: int
+    threshold_s: float
+    on_long_step: Callable[[Any, float, float], None]
+    def __init__(self, threshold_s: float, on_long_step: Callable[[Any, float, float], None]) -> None: ...
+
+class SessionStats:
+    session: Any
+    busy_s: float
+    blocks: int
+    last_block: Any
+    last_block_mono: float
+    cpu_ring: list[float] | None
+    def __init__(self, session: Any) -> None: ...
+
+class TimedCoroutine:
+    wrapped: Any
+    stats: SessionStats
+    clock: StepClock
+    def __init__(self, wrapped: Any, stats: SessionStats, clock: StepClock) -> None: ...
+    def send(self, value: Any) -> Any: ...
+    def throw(self, typ: Any, val: Any = ..., tb: Any = ...) -> Any: ...
+    def close(self) -> None: ...
+    def __await__(self) -> Any: ...
