@@ -24,9 +24,9 @@ from typing import Any
 import psutil
 
 from openrtc import AgentPool, Session
+from openrtc.introspection import timing
 from openrtc.introspection.client import WorkerClient
 from openrtc.introspection.tagging import TaskTagger
-from openrtc.introspection.timing import SessionStats, StepClock
 from openrtc.runtime.loops import loop_factory
 from openrtc.runtime.session import current_session
 
@@ -49,31 +49,35 @@ async def _spawn_batch(n: int) -> float:
     return time.perf_counter() - started
 
 
-def tagging_cost(loop_kind: str, rounds: int = 21, batch: int = 20_000) -> dict[str, float]:
+def tagging_cost(loop_kind: str, rounds: int = 21, batch: int = 20_000) -> dict[str, Any]:
     """ns per task created and finished inside a session, under three factories, rotated each round.
 
     `none` is what a user without openrtc pays; `passthrough` is a Python factory that only builds the
     task, the floor of any Python-level factory; `tagger` is ours (it tags the task and wraps its
-    coroutine so each step is timed, as in a worker). GC is collected before and disabled
-    during each batch so that one setting does not pay for another's garbage.
+    coroutine so each step is timed, as in a worker), with the active step timer (the C one when
+    built), and `tagger_python` the same with the pure-Python step timer. GC is collected before and
+    disabled during each batch so that one setting does not pay for another's garbage.
     """
 
     def passthrough(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
         return asyncio.Task(coro, loop=loop, **kwargs)
 
-    async def main() -> dict[str, float]:
+    async def main() -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         session = Session("bench", "bench", None, {}, {}, asyncio.Event())
-        session.stats = SessionStats(session)
         ctx = contextvars.copy_context()
         ctx.run(current_session.set, session)
-        samples: dict[str, list[float]] = {"none": [], "passthrough": [], "tagger": []}
+        samples: dict[str, list[float]] = {"none": [], "passthrough": [], "tagger": [], "tagger_python": []}
         order = list(samples)
-        tagger = TaskTagger(StepClock(float("inf"), lambda *_: None))  # tags and times, as in a worker
+        timers = {"tagger": timing.ACTIVE, "tagger_python": timing.PYTHON}
+        # tags and times, as in a worker
+        taggers = {name: TaskTagger(t.clock(float("inf"), lambda *_: None)) for name, t in timers.items()}
         for _ in range(rounds):
             order = order[1:] + order[:1]
             for name in order:
-                if name == "tagger":
+                tagger = taggers.get(name)
+                if tagger is not None:
+                    session.stats = timers[name].stats(session)
                     tagger.install(loop)
                 elif name == "passthrough":
                     loop.set_task_factory(passthrough)
@@ -81,7 +85,7 @@ def tagging_cost(loop_kind: str, rounds: int = 21, batch: int = 20_000) -> dict[
                 gc.disable()
                 elapsed = await loop.create_task(_spawn_batch(batch), context=ctx)
                 gc.enable()
-                if name == "tagger":
+                if tagger is not None:
                     tagger.uninstall()
                 loop.set_task_factory(None)
                 session.tasks.clear()
@@ -90,8 +94,11 @@ def tagging_cost(loop_kind: str, rounds: int = 21, batch: int = 20_000) -> dict[
         return {
             "ns_per_task_no_factory": med["none"],
             "ns_per_task_passthrough_factory": med["passthrough"],
+            "step_timer": timing.ACTIVE.name,
             "ns_per_task_tagger": med["tagger"],
+            "ns_per_task_tagger_python": med["tagger_python"],
             "tagging_ns_vs_no_factory": med["tagger"] - med["none"],
+            "tagging_python_ns_vs_no_factory": med["tagger_python"] - med["none"],
             "tagging_ns_vs_passthrough": med["tagger"] - med["passthrough"],
         }
 
