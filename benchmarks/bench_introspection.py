@@ -455,6 +455,20 @@ def overhead_window(loop_kind: str, enabled: bool, window_s: float, load: str) -
     return run(loop_kind, main())
 
 
+def _window_argv(
+    enabled: bool, loop_kind: str, load: str, window_s: float, cpu: int | None = None
+) -> list[str]:
+    argv = [sys.executable, __file__, "--window", "on" if enabled else "off", "--loop", loop_kind]
+    argv += ["--load", load, "--seconds", str(window_s)]
+    return argv if cpu is None else [*argv, "--cpu", str(cpu)]
+
+
+def _window_result(child: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    if child.returncode != 0:
+        raise RuntimeError(f"overhead window failed ({child.returncode}): {child.stderr[-2000:]}")
+    return json.loads(child.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
 def overhead(loop_kind: str, rounds: int, window_s: float, load: str) -> dict[str, Any]:
     """Introspection on vs off, each window a fresh worker process, in alternating pairs.
 
@@ -464,24 +478,8 @@ def overhead(loop_kind: str, rounds: int, window_s: float, load: str) -> dict[st
     """
 
     def window(enabled: bool) -> dict[str, Any]:
-        child = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--window",
-                "on" if enabled else "off",
-                "--loop",
-                loop_kind,
-                "--load",
-                load,
-                "--seconds",
-                str(window_s),
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        return json.loads(child.stdout.strip().splitlines()[-1])
+        argv = _window_argv(enabled, loop_kind, load, window_s)
+        return _window_result(subprocess.run(argv, capture_output=True, text=True, check=False))
 
     on: list[dict[str, Any]] = []
     off: list[dict[str, Any]] = []
@@ -502,6 +500,57 @@ def overhead(loop_kind: str, rounds: int, window_s: float, load: str) -> dict[st
     }
 
 
+def overhead_simultaneous(loop_kind: str, rounds: int, window_s: float) -> dict[str, Any]:
+    """Introspection on vs off measured at the same time: two worker processes, each pinned to its own
+    core (its helper threads too), started together, then again with the cores swapped.
+
+    A shared machine's speed drifts by several percent within seconds; windows run one after another
+    see that drift, windows run at the same time see it alike. The same method run off vs off is the
+    control: its spread is what the method itself cannot resolve.
+    """
+    cpus = sorted(os.sched_getaffinity(0))[:2] if hasattr(os, "sched_getaffinity") else []
+    if len(cpus) < 2:
+        return {"skipped": "needs two cores and sched_setaffinity"}
+
+    def pair(a: bool, b: bool, swap: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+        cores = (cpus[1], cpus[0]) if swap else (cpus[0], cpus[1])
+        procs = [
+            subprocess.Popen(
+                _window_argv(enabled, loop_kind, "realistic", window_s, core),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for enabled, core in zip((a, b), cores, strict=True)
+        ]
+        ra, rb = (
+            _window_result(subprocess.CompletedProcess(p.args, p.wait(), *p.communicate())) for p in procs
+        )
+        return ra, rb
+
+    def ratios(a: bool, b: bool) -> list[float]:
+        # The two cores differ by several percent: each ratio is the geometric mean of a run and the
+        # same run with the cores swapped, which cancels that difference.
+        out = []
+        for _ in range(rounds):
+            r = 1.0
+            for swap in (False, True):
+                ra, rb = pair(a, b, swap)
+                r *= ra["units_per_s"] / rb["units_per_s"]
+            out.append(r**0.5)
+        return out
+
+    on_off = ratios(True, False)
+    control = ratios(False, False)
+    return {
+        "load": "realistic",
+        "ratio_on_off_median": round(statistics.median(on_off), 4),
+        "ratios": [round(r, 4) for r in on_off],
+        "control_off_off_median": round(statistics.median(control), 4),
+        "control_ratios": [round(r, 4) for r in control],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
@@ -517,8 +566,11 @@ def main() -> None:
         "--load", choices=["realistic", "tiny"], help="overhead: only this load (default both)"
     )
     parser.add_argument("--seconds", type=float, default=4.0, help=argparse.SUPPRESS)
+    parser.add_argument("--cpu", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.window:
+        if args.cpu is not None:  # before the pool starts: its threads inherit the core
+            os.sched_setaffinity(0, {args.cpu})
         load = args.load or "realistic"
         print(json.dumps(overhead_window(args.loop, args.window == "on", args.seconds, load)))
         return
@@ -545,6 +597,10 @@ def main() -> None:
                 load: overhead(loop_kind, 2 if q else args.pairs, 2.0 if q else 4.0, load)
                 for load in ((args.load,) if args.load else ("realistic", "tiny"))
             }
+            if args.load in (None, "realistic"):
+                out["overhead"]["realistic_simultaneous"] = overhead_simultaneous(
+                    loop_kind, 2 if q else args.pairs, 2.0 if q else 4.0
+                )
         report[loop_kind] = out
         print(json.dumps({loop_kind: out}, indent=1), flush=True)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

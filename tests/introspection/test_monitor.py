@@ -7,6 +7,7 @@ import gc
 import hashlib
 import json
 import re
+import sys
 import threading
 import time
 from pathlib import Path
@@ -341,3 +342,35 @@ def test_garbage_collection_is_not_blamed_on_the_session_it_fell_in(run_loop: An
     kinds = [b["kind"] for b in snap["blocks"]]
     assert "gc" in kinds and "session" not in kinds, snap["blocks"]
     assert all(row["blocks"] == 0 for row in snap["sessions"])
+
+
+# -- the watchdog's own parts ------------------------------------------------------------------------
+
+
+def test_runs_in_finds_the_stepped_coroutine_on_the_stack() -> None:
+    from openrtc.introspection.monitor import runs_in
+
+    seen: list[bool] = []
+
+    async def step() -> None:
+        here = sys._getframe()
+        seen.append(runs_in(here, coro))  # in the coroutine's own code
+        seen.append(runs_in(here.f_back, coro))  # below it: whoever stepped it
+
+    coro = step()
+    with pytest.raises(StopIteration):
+        coro.send(None)
+    assert seen == [True, False]
+
+
+def test_a_failure_while_recording_a_long_step_is_counted_not_raised_into_the_session() -> None:
+    from openrtc.introspection.monitor import Monitor
+
+    monitor = Monitor(50, list, lambda agent: (), lambda: 0.0)
+
+    def broken(*_: Any) -> None:
+        raise RuntimeError("bookkeeping bug")
+
+    monitor._note_long_step = broken  # type: ignore[method-assign]
+    monitor._on_long_step(None, 0.0, 1.0)  # type: ignore[arg-type]
+    assert monitor.errors == 1 and monitor.last_error == "long step: RuntimeError: bookkeeping bug"
