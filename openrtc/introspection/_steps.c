@@ -453,23 +453,11 @@ static PyTypeObject TimedType = {
 
 /* -- module --------------------------------------------------------------------------------- */
 
-static PyObject *
-steps_now(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
-{
-    return PyFloat_FromDouble(now_s());
-}
-
-static PyMethodDef module_methods[] = {
-    {"now", steps_now, METH_NOARGS, "The step clock's reading now, in seconds (compares with perf_counter)."},
-    {NULL}
-};
-
 static struct PyModuleDef steps_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "openrtc.introspection._steps",
     .m_doc = "The step timer in C (see timing.py for the pure-Python reference).",
     .m_size = -1,
-    .m_methods = module_methods,
 };
 
 PyMODINIT_FUNC

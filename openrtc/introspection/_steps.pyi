@@ -2,8 +2,6 @@
 from collections.abc import Callable
 from typing import Any
 
-def now() -> float: ...
-
 class StepClock:
     current: Any
     started: float
