@@ -6,8 +6,9 @@
    the clock is read with clock_gettime and nothing is allocated per step. The objects and their
    attributes mirror timing.py exactly: monitor.py and snapshot.py read either without knowing which.
 
-   Times are seconds on CLOCK_MONOTONIC, as double: the clock behind time.perf_counter() on Linux and
-   macOS, converted the way CPython converts it, so they compare with perf_counter() readings. */
+   Times are seconds, as double, on the clock behind time.perf_counter() (CLOCK_MONOTONIC on Linux,
+   mach_absolute_time on macOS, read here as CLOCK_UPTIME_RAW in ns), converted the way CPython
+   converts it, so they compare with perf_counter() readings. */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -18,9 +19,13 @@
 static inline double
 now_s(void)
 {
+#ifdef __APPLE__
+    int64_t ns = (int64_t)clock_gettime_nsec_np(CLOCK_UPTIME_RAW);
+#else
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     int64_t ns = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+#endif
     return (double)ns / 1e9;
 }
 
