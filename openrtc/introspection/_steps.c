@@ -255,35 +255,22 @@ timed_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 }
 
 /* Takes the wrapped coroutine out of its session's `tasks`, keeping any exception in flight. */
-static int
+static void
 forget_task(TimedObject *self)
 {
     PyObject *type, *value, *tb;
     PyErr_Fetch(&type, &value, &tb);
-    int ok = 0;
     PyObject *tasks = PyObject_GetAttr(self->stats->session, str_tasks);
-    if (tasks == NULL) {
-        ok = -1;
+    if (tasks != NULL && PyDict_Check(tasks) && PyDict_DelItem(tasks, self->wrapped) < 0 &&
+        PyErr_ExceptionMatches(PyExc_KeyError)) {
+        PyErr_Clear();  /* already gone */
     }
-    else {
-        if (PyDict_Check(tasks)) {
-            if (PyDict_DelItem(tasks, self->wrapped) < 0) {
-                if (PyErr_ExceptionMatches(PyExc_KeyError)) {
-                    PyErr_Clear();
-                }
-                else {
-                    ok = -1;
-                }
-            }
-        }
-        Py_DECREF(tasks);
-    }
-    if (ok < 0) {
+    Py_XDECREF(tasks);
+    if (PyErr_Occurred()) {
         /* Bookkeeping must not change what the session's task sees: the coroutine's own outcome wins. */
         PyErr_WriteUnraisable((PyObject *)self);
     }
     PyErr_Restore(type, value, tb);
-    return ok;
 }
 
 /* After a step: publish its end, charge it, and report it when long. Returns -1 with an exception set

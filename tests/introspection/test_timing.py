@@ -33,6 +33,12 @@ def suspend() -> Generator[None, None, None]:
     yield
 
 
+async def busy_step(seconds: float) -> None:
+    """One step that holds the thread for `seconds`, then gives the loop back."""
+    spin(seconds)
+    await suspend()
+
+
 def make(timer: StepTimer | None, coro: Any, threshold_s: float = 10.0) -> tuple[Any, Any, Any, list[Any]]:
     """A wrapper around `coro`, as the task factory makes it; returns (wrapper, clock, stats, long steps)."""
     assert timer is not None, "the C step timer was not built"
@@ -77,11 +83,7 @@ def test_a_step_is_published_while_it_runs_and_charged_when_it_ends(timer: StepT
 
 @pytest.mark.parametrize("timer", TIMERS)
 def test_a_long_step_is_reported_with_its_start_and_own_time(timer: StepTimer) -> None:
-    async def body() -> None:
-        spin(0.02)
-        await suspend()
-
-    wrapper, _, stats, longs = make(timer, body(), threshold_s=0.01)
+    wrapper, _, stats, longs = make(timer, busy_step(0.02), threshold_s=0.01)
     before = time.perf_counter()
     wrapper.send(None)
     ((step, start, own),) = longs
@@ -160,11 +162,7 @@ def test_throw_is_timed_and_passes_the_exception_in(timer: StepTimer) -> None:
 def test_a_failing_long_step_callback_comes_out_of_the_step(timer: StepTimer) -> None:
     # The monitor's callback never raises (it records its own errors); the wrappers still must not
     # swallow an exception, nor keep the step published.
-    async def body() -> None:
-        spin(0.002)
-        await suspend()
-
-    wrapper, clock, _, _ = make(timer, body(), threshold_s=0.001)
+    wrapper, clock, _, _ = make(timer, busy_step(0.002), threshold_s=0.001)
 
     def broken(*_: Any) -> None:
         raise LookupError("callback failed")
