@@ -92,3 +92,54 @@ def test_failing_prewarm_keeps_the_old_version(agents_dir: Path, run_loop: Any) 
             assert handle.session.metadata["v"] == 1
 
     run_loop(main())
+
+
+HELPER_AGENT = (
+    "from _helpers import value\nasync def entrypoint(session):\n    session.metadata['value'] = value()\n"
+)
+UNRELATED = "async def entrypoint(session):\n    session.metadata['value'] = 'unrelated'\n"
+
+
+def test_a_changed_helper_reloads_the_agents_that_import_it(
+    agents_dir: Path, run_loop: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_agent(agents_dir, "user", HELPER_AGENT)
+    write_agent(agents_dir, "other", UNRELATED)
+    write_agent(agents_dir, "_helpers", "from _base import BASE\ndef value():\n    return BASE\n")
+    write_agent(agents_dir, "_base", "BASE = 'v1'\n")
+    write_agent(agents_dir, "_unused", "X = 1\n")
+
+    async def value_of(pool: AgentPool, agent: str) -> str:
+        handle = await pool.start_session(agent)
+        assert await handle is SessionState.ENDED, handle.error
+        return str(handle.session.metadata["value"])
+
+    async def main() -> None:
+        async with AgentPool(enable_introspection=False) as pool:
+            pool.discover(agents_dir)
+            reloader = Reloader(pool, agents_dir)
+            reloader.prime()
+            assert await value_of(pool, "user") == "v1"
+
+            # A helper of a helper, saved at the same size: the agent sees it on its next session.
+            write_agent(agents_dir, "_base", "BASE = 'v2'\n")
+            await reloader.check()
+            assert await value_of(pool, "user") == "v2"
+
+            write_agent(agents_dir, "_unused", "X = 2\n")
+            await reloader.check()
+
+            (agents_dir / "_helpers.py").unlink()  # the agent cannot load: it keeps its last version
+            await reloader.check()
+            assert await value_of(pool, "user") == "v2"
+
+    with caplog.at_level(logging.INFO, logger="openrtc.reload"):
+        run_loop(main())
+    lines = [r.getMessage() for r in caplog.records]
+    assert "helper _base.py changed: reloading 'user'" in lines
+    assert "agent 'user' reloaded from user.py (_base.py changed)" in lines
+    assert "helper _unused.py changed: no agent imports it" in lines
+    assert "helper _helpers.py deleted: reloading 'user'" in lines
+    assert not any("'other'" in line for line in lines)  # nothing imports a changed file into it
+    failed = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(failed) == 1 and "user.py:1: import failed" in failed[0], failed
