@@ -33,6 +33,8 @@ LOAD_MIX = {
     "blocking": 5,
     "leaky": 5,
 }
+TENANTS = {"acme": 5, "globex": 3, "initech": 2}
+"""The demo's customers, so `top`'s TENANT column and its `t` filter have something to show."""
 
 
 def default_agents_dir() -> Path:
@@ -155,6 +157,7 @@ def _drive(
 ) -> None:
     """Dispatch sessions of the mix at `rate` per second until `stop`, `duration` or the worker ends."""
     agents, weights = list(LOAD_MIX), list(LOAD_MIX.values())
+    tenants, shares = list(TENANTS), list(TENANTS.values())
     started = time.monotonic()
     interval = 1.0 / rate
     next_start = started
@@ -169,7 +172,8 @@ def _drive(
                 "turns": random.randint(5, 25),
                 "frames": random.randint(250, 1500),  # voice: 5 to 30 s of audio
             }
-            client.request("dispatch", agent=agent, metadata=metadata)
+            tenant = random.choices(tenants, shares)[0]
+            client.request("dispatch", agent=agent, tenant=tenant, metadata=metadata)
         except RemoteError as exc:
             if each_turn is not None:  # under the live view, a refusal shows in the worker's counters
                 print(f"dispatch {agent}: {exc}", flush=True)

@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,9 @@ log = logging.getLogger("openrtc.cli")
 
 class _Parser(argparse.ArgumentParser):
     """argparse, with usage errors on stderr and exit code 2 (its default), for every subcommand."""
+
+    commands: Mapping[str, argparse.ArgumentParser]
+    """The subcommands' parsers, so a usage error found later prints that command's usage."""
 
 
 def _worker_flags(parser: argparse.ArgumentParser) -> None:
@@ -105,10 +108,11 @@ def _worker_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser(worker_defaults: dict[str, Any] | None = None) -> argparse.ArgumentParser:
+def build_parser(worker_defaults: dict[str, Any] | None = None) -> _Parser:
     parser = _Parser(prog="openrtc", description="Run many agent sessions in one Python worker.")
     parser.add_argument("--version", action="version", version=f"openrtc {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
+    parser.commands = sub.choices
 
     dev = sub.add_parser(
         "dev",
@@ -179,6 +183,12 @@ def build_parser(worker_defaults: dict[str, Any] | None = None) -> argparse.Argu
     top.add_argument("--agent", help="only sessions of this agent")
     top.add_argument("--tenant", help="only sessions of this tenant")
     top.add_argument("--status", choices=STATES, help="only sessions in this state")
+    top.add_argument(
+        "--session",
+        metavar="ID",
+        help="with --once: one session in full (its fields, recent blocks and their stacks); an id "
+        "prefix will do",
+    )
 
     demo = sub.add_parser(
         "demo",
@@ -213,17 +223,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             defaults = env_defaults(WORKER_TWINS, os.environ)
         except ConfigError as exc:
-            parser.error(str(exc))
+            parser.commands[args.command].error(str(exc))
         # Flags beat the environment: re-parse with the environment as defaults.
         parser = build_parser(worker_defaults=defaults)
         args = parser.parse_args(args_list)
-        return _run_worker(parser, args, reload=args.command == "dev")
+        return _run_worker(parser.commands[args.command], args, reload=args.command == "dev")
     if args.command == "dispatch":
-        return _dispatch(parser, args)
+        return _dispatch(parser.commands["dispatch"], args)
     if args.command == "list":
         return _list(args)
     if args.command == "top":
-        return _top(parser, args)
+        return _top(parser.commands["top"], args)
     if args.command == "demo":
         from openrtc.cli.demo import run_demo
 
@@ -331,10 +341,12 @@ def _top(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
     if args.json and not args.once:
         parser.error("--json needs --once")
+    if args.session and not args.once:
+        parser.error("--session needs --once (in the live view, press enter on a row)")
     filters = Filters(agent=args.agent, tenant=args.tenant, status=args.status)
     if args.once:
         color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-        return run_once(args.socket, args.json, filters, args.sort, color=color)
+        return run_once(args.socket, args.json, filters, args.sort, color=color, session=args.session)
     from openrtc.top.app import make_app
     from openrtc.top.source import LiveSource
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import sysconfig
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -26,8 +27,8 @@ class FrameInfo:
     function: str
     """Function name."""
 
-    def display(self, cwd: str | None = None) -> str:
-        return f"{display_path(self.filename, cwd)}:{self.lineno} in {self.function}"
+    def display(self, agent_dirs: tuple[str, ...] = ()) -> str:
+        return f"{display_path(self.filename, agent_dirs)}:{self.lineno} in {self.function}"
 
 
 def walk(frame: FrameType | None, limit: int = 64) -> list[FrameInfo]:
@@ -53,11 +54,27 @@ def suspended_stack(coro: Any, limit: int = 64) -> list[FrameInfo]:
     return out
 
 
-def display_path(filename: str, cwd: str | None = None) -> str:
-    """Relative to `cwd` when the file lies under it, else as given."""
-    cwd = os.getcwd() if cwd is None else cwd
-    prefix = cwd.rstrip(os.sep) + os.sep
-    return filename[len(prefix) :] if filename.startswith(prefix) else filename
+@lru_cache(maxsize=8192)
+def display_path(filename: str, agent_dirs: tuple[str, ...] = ()) -> str:
+    """How a file is named in `where` and stacks, whatever the worker's current directory: relative to
+    the parent of the agents folder it lies in (`agents/_helpers.py`), else to the import root it came
+    from (`asyncio/events.py`, `openrtc/runtime/pool.py`), else absolute."""
+    for folder in agent_dirs:
+        parent = os.path.dirname(folder.rstrip(os.sep)) + os.sep
+        if filename.startswith(folder.rstrip(os.sep) + os.sep):
+            return filename[len(parent) :]
+    for root in _import_roots():
+        if filename.startswith(root):
+            return filename[len(root) :]
+    return filename
+
+
+@lru_cache(maxsize=1)
+def _import_roots() -> tuple[str, ...]:
+    """Absolute `sys.path` folders and openrtc's own parent, longest first (the most specific wins)."""
+    roots = {os.path.dirname(_OPENRTC_DIR.rstrip(os.sep)) + os.sep}
+    roots.update(p.rstrip(os.sep) + os.sep for p in sys.path if os.path.isabs(p) and os.path.isdir(p))
+    return tuple(sorted(roots, key=len, reverse=True))
 
 
 @lru_cache(maxsize=1)

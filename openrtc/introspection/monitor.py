@@ -77,6 +77,8 @@ class Capture:
     in_session: bool
     """False when the loop thread was in openrtc's own step bookkeeping, not in the session's code:
     the step was long because the thread was paused (OS scheduling, another thread holding the GIL)."""
+    dirs: tuple[str, ...] = ()
+    """The folders of the session's agent code (what `where` is named relative to)."""
 
 
 def runs_in(frame: FrameType | None, coro: Any) -> bool:
@@ -99,8 +101,12 @@ def _thread_cpu_s(ident: int) -> float:
         return 0.0
 
 
-def _blame_text(frame: FrameInfo | None) -> str:
-    return frame.display() if frame is not None else "(no frame captured)"
+def _blame_text(frame: FrameInfo | None, dirs: tuple[str, ...] = ()) -> str:
+    return frame.display(dirs) if frame is not None else "(no frame captured)"
+
+
+def _stack_text(stack: list[FrameInfo], dirs: tuple[str, ...] = ()) -> list[str]:
+    return [f.display(dirs) for f in stack]
 
 
 class Monitor:
@@ -241,7 +247,7 @@ class Monitor:
                 round(late * 1000, 1),
                 at,
                 _blame_text(capture.blame),
-                [f.display() for f in capture.stack],
+                _stack_text(capture.stack),
                 False,
                 "outside",
             )
@@ -276,7 +282,7 @@ class Monitor:
                 round(own * 1000, 1),
                 at,
                 where,
-                [f.display() for f in capture.stack],
+                _stack_text(capture.stack),
                 False,
                 "outside",
             )
@@ -335,20 +341,23 @@ class Monitor:
         if same and capture is not None and not capture.in_session:
             self._record_paused(own, capture)
             return
+        dirs = self._own_dirs(session.agent)
         if same and capture is not None:
             stack, blame = capture.stack, capture.blame
-            where = _blame_text(blame)
+            where = _blame_text(blame, dirs)
         else:
             # The watchdog never got the GIL during the step: a C call held it until the step was
             # nearly over, or another thread did (a long garbage collection there, say). The
             # coroutine's suspension point is the best honest clue left.
             stack = suspended_stack(step.wrapped)
-            blame = pick_blame(stack, self._own_dirs(session.agent))
-            where = f"{_blame_text(blame)} (step ended here; the watchdog could not look: no live stack)"
+            blame = pick_blame(stack, dirs)
+            where = (
+                f"{_blame_text(blame, dirs)} (step ended here; the watchdog could not look: no live stack)"
+            )
         ms = own * 1000
         at = time.time() - (perf_counter() - start)
         block = Block(
-            session.id, session.agent, round(ms, 1), at, where, [f.display() for f in stack], False, "session"
+            session.id, session.agent, round(ms, 1), at, where, _stack_text(stack, dirs), False, "session"
         )
         self.blocks.append(block)
         stats.blocks += 1
@@ -422,8 +431,9 @@ class Monitor:
         session = step.stats.session
         frame = sys._current_frames().get(self._loop_thread_id)
         stack = walk(frame)
-        blame = pick_blame(stack, self._own_dirs(session.agent))
-        return Capture(step, session, start, stack, blame, runs_in(frame, step.wrapped))
+        dirs = self._own_dirs(session.agent)
+        blame = pick_blame(stack, dirs)
+        return Capture(step, session, start, stack, blame, runs_in(frame, step.wrapped), dirs)
 
     def _loop_stack(self) -> list[FrameInfo]:
         return walk(sys._current_frames().get(self._loop_thread_id))
@@ -443,8 +453,8 @@ class Monitor:
             capture.session.agent,
             round(held_ms, 1),
             at,
-            _blame_text(capture.blame),
-            [f.display() for f in capture.stack],
+            _blame_text(capture.blame, capture.dirs),
+            _stack_text(capture.stack, capture.dirs),
             True,
             "session",
         )

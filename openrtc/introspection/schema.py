@@ -1,14 +1,23 @@
 """The snapshot schema (version 1): what `snapshot` returns and `top --json` prints.
 
-Frozen dataclasses, one docstring per field, converted to and from plain dicts only here.
+Frozen dataclasses, one docstring per field, converted to and from plain dicts only here. README's
+"snapshot reference" is generated from these docstrings (`python -m openrtc.cli.reference --write`).
+
+Versioning: adding a field keeps the version. A new field has a default here, so this code reads a
+snapshot from an older worker that lacks it, and clients ignore fields they do not know, so an older
+client reads a newer worker. Removing or renaming a field, or changing what one means, makes a new
+version; a client that meets a version it does not read stops with an error naming both.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from typing import Any, TypeVar
 
 from openrtc.errors import ProtocolError, SchemaVersionError
+from openrtc.runtime.session import ERROR_MAX_CHARS
+
+__all__ = ["ERROR_MAX_CHARS", "SCHEMA_VERSION"]
 
 SCHEMA_VERSION = 1
 
@@ -99,6 +108,8 @@ class LastBlock:
     """Unix time the block started."""
     where: str
     """`path:line in function` of the session's own frame that blocked."""
+    ongoing: bool = False
+    """True while that block is still going on (then `ms` is its duration so far)."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +149,9 @@ class SessionRow:
     """How many times it blocked the loop past the threshold."""
     last_block: LastBlock | None
     """Its latest block, or None."""
+    error: str | None = None
+    """Why it failed, in one line: the exception's type and message (`RuntimeError: boom`), or what
+    happened to its process; cut to `ERROR_MAX_CHARS`. None unless it failed."""
 
 
 @dataclass(frozen=True)
@@ -174,7 +188,7 @@ class Snapshot:
     worker: WorkerInfo
     """The worker."""
     sessions: list[SessionRow]
-    """Active sessions, then recently ended ones (kept `ended_keep_s` seconds)."""
+    """Active sessions, then recently ended ones (kept `ENDED_KEEP_S`, 10 s)."""
     blocks: list[Block]
     """The last blocks, oldest first; an ongoing one last."""
 
@@ -220,11 +234,13 @@ def plain(obj: Any) -> dict[str, Any]:
 def _build(cls: type[T], data: Any, where: str) -> T:
     if not isinstance(data, dict):
         raise ProtocolError(f"snapshot field {where} must be a map, got {type(data).__name__}")
-    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-    missing = names - data.keys()
+    known = fields(cls)  # type: ignore[arg-type]
+    # Fields added later have defaults: an older worker's snapshot lacks them. Unknown keys (a newer
+    # worker's additions) are ignored.
+    missing = {f.name for f in known if f.default is MISSING} - data.keys()
     if missing:
         raise ProtocolError(f"snapshot field {where} lacks {', '.join(sorted(missing))}")
-    return cls(**{k: data[k] for k in names})
+    return cls(**{f.name: data[f.name] for f in known if f.name in data})
 
 
 def from_dict(data: Any) -> Snapshot:

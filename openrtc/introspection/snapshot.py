@@ -144,7 +144,7 @@ def _add_step_in_progress(
         if ongoing is not None and ongoing.session_id == session_id:
             row["slow"] = True
             row["blocks"] += 1
-            row["last_block"] = {"ms": ongoing.ms, "at": ongoing.at, "where": ongoing.where}
+            row["last_block"] = {"ms": ongoing.ms, "at": ongoing.at, "where": ongoing.where, "ongoing": True}
         return
 
 
@@ -185,4 +185,5 @@ def _row(
         "slow": watched and stats.blocks > 0 and now - stats.last_block_mono <= SLOW_FOR_S,
         "blocks": stats.blocks if watched else 0,
         "last_block": plain(last_block) if last_block is not None else None,
+        "error": session.error_text,
     }

@@ -21,7 +21,14 @@ from openrtc.runtime.config import PoolConfig
 from openrtc.runtime.discovery import Discovery, discover
 from openrtc.runtime.loops import loop_factory
 from openrtc.runtime.memory import MemoryEvent, MemoryGuard, MemoryThresholds, process_rss_mb
-from openrtc.runtime.session import Session, SessionHandle, SessionState, cancel_session, current_session
+from openrtc.runtime.session import (
+    Session,
+    SessionHandle,
+    SessionState,
+    cancel_session,
+    current_session,
+    error_summary,
+)
 from openrtc.runtime.signals import capture_signals
 
 if TYPE_CHECKING:
@@ -181,7 +188,7 @@ class AgentPool:
             self._prewarmed.add(spec.name)
         else:
             self._prewarmed.discard(spec.name)
-        self._set_agent(spec)
+        self._set_agent(spec, announce=False)  # the reloader says what it did
 
     def remove(self, name: str) -> None:
         """Unregister an agent; its running sessions finish, new ones are refused."""
@@ -190,9 +197,12 @@ class AgentPool:
         self._shared.pop(name, None)
         self.agent_names = tuple(sorted(self._agents))
 
-    def _set_agent(self, spec: AgentSpec) -> None:
+    def _set_agent(self, spec: AgentSpec, announce: bool = True) -> None:
+        new = spec.name not in self._agents
         self._agents[spec.name] = spec
         self.agent_names = tuple(sorted(self._agents))
+        if new and announce and self._state == "running":
+            log.info("agent %r added", spec.name)
 
     def agent(self, name: str) -> AgentSpec:
         try:
@@ -283,7 +293,9 @@ class AgentPool:
         log.info(
             "worker started pid=%d agents=%s socket=%s",
             os.getpid(),
-            ",".join(self.agent_names) or "-",
+            # Embedded (`async with AgentPool()`), agents are usually added after the start: each is
+            # then logged as it is added.
+            ",".join(self.agent_names) or "(none yet)",
             self.socket_path or "off",
         )
 
@@ -561,6 +573,7 @@ class AgentPool:
         session.state = SessionState.FAILED
         session.reason = reason
         session.error = exc
+        session.error_text = error_summary(exc)
         self.sessions_failed += 1
         if traceback:
             session.log.error("session raised %s", type(exc).__name__, exc_info=exc)

@@ -40,9 +40,11 @@ EXIT_WAIT_S = 5.0
 class ChildFailed(OpenRTCError):
     """A session's child process failed: raised its exception, exited non-zero, or died by a signal."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, summary: str | None = None) -> None:
         super().__init__(message)
         self.reason = reason
+        self.summary = summary or message
+        """One line for the snapshot (the message may be the child's whole traceback)."""
 
 
 @dataclass
@@ -237,7 +239,12 @@ async def run_in_child(template: TemplateClient, session: Session, log_level: in
             raise ChildFailed("exit_code", "the session's process exited without reporting an end")
         raise ChildFailed(*_describe_exit(status))
     if done["state"] == "failed":
-        raise ChildFailed(str(done.get("reason") or "exception"), str(done.get("error") or "failed"))
+        summary = done.get("summary")
+        raise ChildFailed(
+            str(done.get("reason") or "exception"),
+            str(done.get("error") or "failed"),
+            summary if isinstance(summary, str) else None,
+        )
     if done["state"] == "cancelled":
         session._cancel_reason = session._cancel_reason or str(done.get("reason") or "cancelled")
         raise asyncio.CancelledError(session._cancel_reason)

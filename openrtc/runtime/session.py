@@ -10,6 +10,9 @@ from collections.abc import Generator
 from contextvars import ContextVar
 from typing import Any
 
+ERROR_MAX_CHARS = 200
+"""Longest `Session.error_text` (the full traceback is in the worker's log)."""
+
 current_session: ContextVar[Session | None] = ContextVar("openrtc_session", default=None)
 """The session whose code is running; set in the root context of every session, so every task and
 callback spawned from it inherits it."""
@@ -53,6 +56,7 @@ class Session:
         "draining",
         "ended_at",
         "error",
+        "error_text",
         "id",
         "metadata",
         "pid",
@@ -93,6 +97,8 @@ class Session:
         """Why the session failed or was cancelled (`exception`, `drain_timeout`, `cancelled_by_user`...)."""
         self.error: BaseException | None = None
         """The exception that failed the session, if any."""
+        self.error_text: str | None = None
+        """Why it failed, in one line of at most `ERROR_MAX_CHARS` (see `error_summary`)."""
         self.started_at = time.time()
         self.started_mono = time.perf_counter()
         self.running_at: float | None = None
@@ -170,6 +176,17 @@ class SessionHandle:
 
     def __repr__(self) -> str:
         return f"<SessionHandle {self.id} {self.state.value}>"
+
+
+def error_summary(exc: BaseException) -> str:
+    """The exception's type and message on one line, at most `ERROR_MAX_CHARS` long. An exception may
+    carry its own `summary` (a child process's failure, whose message is its whole traceback)."""
+    summary = getattr(exc, "summary", None)
+    if not isinstance(summary, str) or not summary:
+        message = str(exc)
+        summary = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    text = " ".join(summary.split())
+    return text if len(text) <= ERROR_MAX_CHARS else text[: ERROR_MAX_CHARS - 1] + "…"
 
 
 def cancel_session(session: Session, reason: str) -> bool:

@@ -33,7 +33,7 @@ import msgpack
 from openrtc.introspection.wire import MAX_REQUEST_BYTES, FrameDecoder, encode_frame
 from openrtc.runtime.agent import AgentSpec, make_spec
 from openrtc.runtime.discovery import load_agent_file
-from openrtc.runtime.session import Session, SessionState
+from openrtc.runtime.session import Session, SessionState, error_summary
 
 CONTROL_MAX = 1 << 20
 """Largest control message (a `start` with its metadata)."""
@@ -250,16 +250,19 @@ async def _child_session(
 
     follower = asyncio.create_task(follow_worker())
     send({"op": "running", "pid": os.getpid()})
-    done: dict[str, Any] = {"op": "done", "state": "ended", "reason": None, "error": None}
+    done: dict[str, Any] = {"op": "done", "state": "ended", "reason": None, "error": None, "summary": None}
     try:
         await task
     except asyncio.CancelledError:
         done.update(state="cancelled", reason=cancel_reason[0] if cancel_reason else "cancelled")
     except _SessionExit as exc:
-        done.update(state="failed", reason="sys_exit", error=str(exc))
+        done.update(state="failed", reason="sys_exit", error=str(exc), summary=str(exc))
     except Exception as exc:
         done.update(
-            state="failed", reason="exception", error="".join(traceback.format_exception(exc)).rstrip()
+            state="failed",
+            reason="exception",
+            error="".join(traceback.format_exception(exc)).rstrip(),
+            summary=error_summary(exc),
         )
     follower.cancel()
     send(done)

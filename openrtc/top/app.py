@@ -30,7 +30,7 @@ from openrtc.top.view import (
     STATES,
     Filters,
     TablePlan,
-    fmt_age,
+    detail_lines,
     ongoing_stall,
     plan_table,
     worker_line,
@@ -51,7 +51,7 @@ COLUMNS: tuple[tuple[str, int, bool], ...] = (
     ("PEAK", 6, True),
     ("TASKS", 5, True),
     ("BLOCKS", 6, True),
-    ("LAST BLOCK", 30, False),
+    ("LAST BLOCK / ERROR", 30, False),
 )
 HELP = """\
 [b]openrtc top[/b]: every session of every local worker, refreshed every {refresh:g}s.
@@ -59,10 +59,11 @@ HELP = """\
 [b]Sort[/b]     s cycle   c CPU   m memory   o age   b blocks   n agent
 [b]Filter[/b]   / search   f state   a agent   t tenant   w worker   x clear all
 [b]Session[/b]  enter details (every field, recent blocks with stacks)   k cancel (asks first)
-[b]View[/b]     p pause/resume   ? this help   q quit
+[b]View[/b]     p pause/resume   ? this help   esc back   q quit
 
-Slow sessions (blocked the loop in the last 5 s) are red and listed first. A stall in progress is
-pinned above the table with its live duration and the line it is stuck on.
+Slow sessions (blocked the loop in the last 5 s) are red and listed first. \
+A stall in progress is pinned above the table with its live duration and the line it is stuck on. \
+A failed session shows its error in the last column.
 """
 
 
@@ -85,6 +86,8 @@ def style_row(key: str, cells: RowCells) -> list[Cell]:
         out[13] = (texts[13], "red")
     elif state in ("failed", "cancelled"):
         out[5] = (texts[5], "yellow")
+        if state == "failed":
+            out[13] = (texts[13], "yellow")
     elif state == "ended":
         out[5] = (texts[5], "dim")
     return out
@@ -101,35 +104,13 @@ def stall_text(view: WorkerView, stall: Block) -> Text:
 def detail_text(view: WorkerView, row: SessionRow, snapshot: Snapshot) -> Text:
     """Every field of one session, then its recent blocks with full stacks, newest first."""
     text = Text()
-    text.append(f"session {row.session_id}\n", style="bold")
-    fields = [
-        ("worker", f"{snapshot.worker.hostname}:{snapshot.worker.pid} ({view.socket_path})"),
-        ("agent", row.agent),
-        ("tenant", row.tenant or "-"),
-        ("state", row.state + (f" ({row.reason})" if row.reason else "")),
-        ("pid", str(row.pid) if row.pid is not None else "- (runs in the worker)"),
-        ("age", fmt_age(row.duration_s)),
-        ("cpu", f"{row.cpu_pct:.1f}% of one core over {snapshot.worker.introspection.window_s:g}s"),
-        ("cpu time", f"{row.cpu_s:.3f}s since start"),
-        ("memory", f"{row.mem_mb:.1f} MB (equal share of the worker's RSS), peak {row.peak_mb:.1f} MB"),
-        ("tasks", str(row.tasks)),
-        ("slow", "yes (blocked the loop in the last 5 s)" if row.slow else "no"),
-        ("blocks", str(row.blocks)),
-    ]
-    if row.last_block is not None:
-        fields.append(("last block", f"{row.last_block.ms:.0f} ms at {row.last_block.where}"))
-    for name, value in fields:
-        text.append(f"  {name:<11}", style="dim")
-        text.append(f"{value}\n")
-    blocks = [b for b in reversed(snapshot.blocks) if b.session_id == row.session_id]
-    text.append(f"\nrecent blocks ({len(blocks)} in the worker's last 100)\n", style="bold")
-    if not blocks:
-        text.append("  none\n", style="dim")
-    for block in blocks:
-        head = "ONGOING " if block.ongoing else ""
-        text.append(f"\n  {head}{block.ms:,.0f} ms at {block.where}\n", style="bold red")
-        for frame in block.stack:
-            text.append(f"      {frame}\n")
+    for line, style in detail_lines(row, snapshot, view.socket_path):
+        if style == "field":
+            name, _, value = line.partition("\0")
+            text.append(name, style="dim")
+            text.append(f"{value}\n")
+        else:
+            text.append(line + "\n", style=style)
     return text
 
 
@@ -165,8 +146,9 @@ class SessionScreen(Screen[None]):
     """One session in full; follows the refreshes while open."""
 
     BINDINGS = [
-        Binding("escape,q", "app.pop_screen", "back"),
+        Binding("escape", "app.pop_screen", "back"),
         Binding("k", "app.cancel_session", "cancel session"),
+        Binding("q", "app.quit", "quit"),
     ]
 
     def __init__(self, key: str, text: Text) -> None:
@@ -312,10 +294,17 @@ class TopApp(App[None]):
         table = self.query_one("#sessions", SessionTable)
         headers = self.query_one("#workers", Static)
         if not fetch.workers:
+            if fetch.socket is not None:
+                head, where = "No worker answers.\n\n", f"Nothing answers on {fetch.socket}.\n"
+            else:
+                head, where = (
+                    "No openrtc worker is running.\n\n",
+                    f"Searched {fetch.folder} for worker sockets.\n",
+                )
             empty.update(
                 Text.assemble(
-                    ("No openrtc worker is running.\n\n", "bold"),
-                    f"Searched {fetch.folder} for worker sockets.\n",
+                    (head, "bold"),
+                    where,
                     "Start one with:  openrtc dev ./agents   (or: openrtc demo)\n\n",
                     (f"Still looking every {self.refresh_s:g}s. Press q to quit.", "dim"),
                     justify="center",
@@ -414,10 +403,11 @@ class TopApp(App[None]):
 
     def action_cycle_filter(self, field: str) -> None:
         """Step the filter on `field` through the values present now, then back to all."""
-        if field == "status":
-            choices: list[str] = list(STATES)
+        attribute = "state" if field == "status" else field
+        present = {getattr(r, attribute) for _, snapshot in self._live() for r in snapshot.sessions}
+        if field == "status":  # in life-cycle order
+            choices = [s for s in STATES if s in present]
         else:
-            present = {getattr(r, field) for _, snapshot in self._live() for r in snapshot.sessions}
             choices = sorted(x for x in present if x is not None)
         current = getattr(self.filters, field)
         following = choices[choices.index(current) + 1 :] if current in choices else choices

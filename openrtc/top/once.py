@@ -9,7 +9,7 @@ from pathlib import Path
 from openrtc.errors import OpenRTCError
 from openrtc.introspection.client import WorkerClient, find_workers
 from openrtc.introspection.schema import Snapshot, from_dict, to_dict
-from openrtc.top.view import Filters, render_text
+from openrtc.top.view import Filters, render_detail, render_text
 
 
 def fetch_snapshots(socket: Path | None, timeout: float = 5.0) -> list[Snapshot]:
@@ -22,12 +22,21 @@ def fetch_snapshots(socket: Path | None, timeout: float = 5.0) -> list[Snapshot]
     return snapshots
 
 
-def run_once(socket: Path | None, as_json: bool, filters: Filters, sort: str, color: bool = False) -> int:
+def run_once(
+    socket: Path | None,
+    as_json: bool,
+    filters: Filters,
+    sort: str,
+    color: bool = False,
+    session: str | None = None,
+) -> int:
     try:
         snapshots = fetch_snapshots(socket)
     except OpenRTCError as exc:
         print(f"openrtc top: {exc}", file=sys.stderr)
         return 1
+    if session is not None:
+        return _print_session(snapshots, session, as_json)
     if as_json:
         docs = [_filtered(to_dict(s), filters) for s in snapshots]
         print(json.dumps(docs[0] if len(docs) == 1 else docs, indent=2))
@@ -47,3 +56,24 @@ def _filtered(doc: dict[str, object], filters: Filters) -> dict[str, object]:
         and (filters.status is None or r["state"] == filters.status)
     ]
     return doc
+
+
+def _print_session(snapshots: list[Snapshot], wanted: str, as_json: bool) -> int:
+    """The session whose id is (or starts with) `wanted`, in full: what `enter` shows in the live view."""
+    found = [(s, r) for s in snapshots for r in s.sessions if r.session_id.startswith(wanted)]
+    exact = [(s, r) for s, r in found if r.session_id == wanted]
+    if exact:
+        found = exact
+    if len(found) != 1:
+        what = "no session" if not found else f"{len(found)} sessions"
+        print(f"openrtc top: {what} with an id starting {wanted!r} in any worker's snapshot", file=sys.stderr)
+        return 1
+    snapshot, row = found[0]
+    if as_json:
+        doc = to_dict(snapshot)
+        blocks = [b for b in doc["blocks"] if b["session_id"] == row.session_id]
+        (session,) = [r for r in doc["sessions"] if r["session_id"] == row.session_id]
+        print(json.dumps({"session": session, "blocks": blocks}, indent=2))
+    else:
+        sys.stdout.write(render_detail(row, snapshot))
+    return 0

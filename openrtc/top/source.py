@@ -43,6 +43,8 @@ class Fetch:
     """The folder searched for sockets (shown when no worker runs)."""
     workers: tuple[WorkerView, ...]
     """Every worker, live or recently gone, in socket order."""
+    socket: Path | None = None
+    """The one socket asked for (`top --socket`), else None: every socket of `folder`."""
 
 
 class Source(Protocol):
@@ -111,7 +113,7 @@ class LiveSource:
                 del self._last[path], self._gone_since[path]
             else:
                 views[path] = WorkerView(path, snapshot, "the worker exited", True)
-        return Fetch(self.folder, tuple(views[p] for p in sorted(views)))
+        return Fetch(self.folder, tuple(views[p] for p in sorted(views)), self._socket)
 
     def cancel(self, socket_path: Path, session_id: str) -> None:
         """Ask the worker to cancel the session; raises `OpenRTCError` (e.g. `RemoteError`) if it cannot."""

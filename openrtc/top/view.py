@@ -54,7 +54,13 @@ def order_key(row: SessionRow, sort: str) -> tuple[bool, bool, float | str, str]
 
 def _matches(row: SessionRow, text: str) -> bool:
     text = text.lower()
-    hay = [row.session_id, row.agent, row.tenant or "", row.last_block.where if row.last_block else ""]
+    hay = [
+        row.session_id,
+        row.agent,
+        row.tenant or "",
+        row.last_block.where if row.last_block else "",
+        row.error or "",
+    ]
     return any(text in h.lower() for h in hay)
 
 
@@ -103,12 +109,19 @@ COLUMNS = (
     "PEAK",
     "TASKS",
     "BLOCKS",
-    "LAST BLOCK",
+    "LAST BLOCK / ERROR",
 )
 
 
+def last_cell(r: SessionRow) -> str:
+    """The table's last column: why a failed session failed, else its latest block."""
+    if r.error:
+        return r.error
+    return f"{r.last_block.ms:.0f}ms {r.last_block.where}" if r.last_block else ""
+
+
 def row_cells(r: SessionRow) -> tuple[str, ...]:
-    last = f"{r.last_block.ms:.0f}ms {r.last_block.where}" if r.last_block else ""
+    last = last_cell(r)
     state = f"{r.state}!" if r.slow else r.state
     return (
         r.session_id[:8],
@@ -124,6 +137,48 @@ def row_cells(r: SessionRow) -> tuple[str, ...]:
         str(r.blocks),
         last,
     )
+
+
+def detail_lines(row: SessionRow, snapshot: Snapshot, socket_path: Path | None) -> list[tuple[str, str]]:
+    """One session in full, as (line, style) pairs: every field, then its recent blocks with their
+    stacks, newest first. Style `field` marks a `name\0value` line; others are plain text styles."""
+    w = snapshot.worker
+    where = f" ({socket_path})" if socket_path is not None else ""
+    fields = [
+        ("worker", f"{w.hostname}:{w.pid}{where}"),
+        ("agent", row.agent),
+        ("tenant", row.tenant or "-"),
+        ("state", row.state + (f" ({row.reason})" if row.reason else "")),
+        ("pid", str(row.pid) if row.pid is not None else "- (runs in the worker)"),
+        ("age", fmt_age(row.duration_s)),
+        ("cpu", f"{row.cpu_pct:.1f}% of one core over {w.introspection.window_s:g}s"),
+        ("cpu time", f"{row.cpu_s:.3f}s since start"),
+        ("memory", f"{row.mem_mb:.1f} MB (equal share of the worker's RSS), peak {row.peak_mb:.1f} MB"),
+        ("tasks", str(row.tasks)),
+        ("slow", "yes (blocked the loop in the last 5 s)" if row.slow else "no"),
+        ("blocks", str(row.blocks)),
+    ]
+    if row.error:
+        fields.append(("error", row.error))
+    if row.last_block is not None:
+        still = " (still going on)" if row.last_block.ongoing else ""
+        fields.append(("last block", f"{row.last_block.ms:.0f} ms at {row.last_block.where}{still}"))
+    out: list[tuple[str, str]] = [(f"session {row.session_id}", "bold")]
+    out += [(f"  {name:<11}\0{value}", "field") for name, value in fields]
+    blocks = [b for b in reversed(snapshot.blocks) if b.session_id == row.session_id]
+    out += [("", ""), (f"recent blocks ({len(blocks)} in the worker's last 100)", "bold")]
+    if not blocks:
+        out.append(("  none", "dim"))
+    for block in blocks:
+        head = "ONGOING " if block.ongoing else ""
+        out += [("", ""), (f"  {head}{block.ms:,.0f} ms at {block.where}", "bold red")]
+        out += [(f"      {frame}", "") for frame in block.stack]
+    return out
+
+
+def render_detail(row: SessionRow, snapshot: Snapshot, socket_path: Path | None = None) -> str:
+    """`detail_lines` as plain text (`top --once --session`)."""
+    return "\n".join(line.replace("\0", "") for line, _ in detail_lines(row, snapshot, socket_path)) + "\n"
 
 
 BOLD, RED, RESET = "\x1b[1m", "\x1b[31m", "\x1b[0m"

@@ -61,6 +61,7 @@ def test_help_and_version() -> None:
         (["dev", "."], {"OPENRTC_LOG_FORMAT": "xml"}, "OPENRTC_LOG_FORMAT"),
         (["start", ".", "--isolation", "thread"], {}, "invalid choice"),
         (["start", "/no/such/folder"], {}, "does not exist"),
+        (["dev", "/no/such/folder"], {}, "does not exist"),
         (["dispatch", "a", "--metadata", "{bad"], {}, "not valid JSON"),
         (["dispatch", "a", "--metadata", "[1]"], {}, "must be a JSON object"),
         (["frobnicate"], {}, "invalid choice"),
@@ -72,6 +73,11 @@ def test_usage_errors_exit_2(args: list[str], env: dict[str, str], message: str,
     out = run_cli(*args, env={**os.environ, **env})
     assert out.returncode == 2, out
     assert message in out.stderr
+    # The usage printed is the command's own, not the top-level one.
+    command = args[0] if args[0] in ("start", "dev", "dispatch") else None
+    assert out.stderr.startswith(f"usage: openrtc {command} " if command else "usage: openrtc [-h]"), (
+        out.stderr
+    )
 
 
 def test_list_shows_agents_and_failures(example_agents: Path) -> None:
@@ -242,6 +248,49 @@ def test_dev_reloads_saved_files(agents_dir: Path, sock_home: Path, workers: lis
     assert worker.stop() == 0
 
 
+HELPED = """\
+import asyncio
+
+from _helpers import lookup
+
+
+async def entrypoint(session):
+    await asyncio.sleep(0.01)
+    session.log.info("looked up %s", lookup())
+"""
+HELPER = """\
+import time
+
+
+def lookup():
+    time.sleep({sleep})
+    return "sleep={sleep}"
+"""
+
+
+@pytest.mark.parametrize("isolation", ["coroutine", "process"])
+def test_dev_reloads_the_agents_importing_a_saved_helper(
+    agents_dir: Path, sock_home: Path, workers: list[Worker], isolation: str
+) -> None:
+    write_agent(agents_dir, "blocker", HELPED)
+    write_agent(agents_dir, "_helpers", HELPER.format(sleep=0.4))
+    write_agent(agents_dir, "polite", POLITE)
+    worker = Worker("dev", agents_dir, sock_home, "--isolation", isolation)
+    workers.append(worker)
+    worker.ready()
+    worker.dispatch("blocker")
+    worker.wait_for_log("looked up sleep=0.4")
+
+    write_agent(agents_dir, "_helpers", HELPER.format(sleep=0.0))
+    (line,) = worker.wait_for_log("helper _helpers.py changed")
+    assert line["message"] == "helper _helpers.py changed: reloading 'blocker'"
+    worker.wait_for_log("agent 'blocker' reloaded from blocker.py (_helpers.py changed)")
+    worker.dispatch("blocker")
+    worker.wait_for_log("looked up sleep=0.0")
+    assert not any("'polite'" in r["message"] for r in worker.records())
+    assert worker.stop() == 0
+
+
 BLOCKER = """\
 import asyncio
 import time
@@ -254,22 +303,31 @@ async def entrypoint(session):
 """
 
 
-def test_top_once_text_and_json(example_agents: Path, sock_home: Path, workers: list[Worker]) -> None:
+def test_top_once_text_and_json(
+    example_agents: Path, sock_home: Path, workers: list[Worker], tmp_path: Path
+) -> None:
     import os
 
     write_agent(example_agents, "blocker", BLOCKER)
-    worker = Worker("start", example_agents, sock_home)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    # Started from another directory: `where` names the file from the agents folder's parent all the same.
+    worker = Worker("start", example_agents, sock_home, cwd=elsewhere)
     workers.append(worker)
     worker.ready()
     (blocker,) = worker.dispatch("blocker").stdout.split()
     polite = worker.dispatch("polite", "--count", "2", "--tenant", "acme").stdout.split()
+    (boom,) = worker.dispatch("boom").stdout.split()
     worker.wait_for_log("[slow-session]")
+    worker.wait_for_log("session failed")
     env = {**os.environ, "XDG_RUNTIME_DIR": str(sock_home)}
 
     text = run_cli("top", "--once", env=env)
     assert text.returncode == 0, text.stderr
     assert text.stdout.startswith(f"worker {__import__('socket').gethostname()}:{worker.proc.pid} ")
-    assert f"{blocker[:8]}  blocker" in text.stdout and "blocker.py:7 in entrypoint" in text.stdout
+    assert f"{blocker[:8]}  blocker" in text.stdout and "agents/blocker.py:7 in entrypoint" in text.stdout
+    (boom_line,) = [line for line in text.stdout.splitlines() if line.startswith(boom[:8])]
+    assert " failed " in boom_line and boom_line.endswith("RuntimeError: agent bug")
     assert "\x1b[" not in text.stdout  # no colour when not a TTY
 
     data = json.loads(run_cli("top", "--once", "--json", "--agent", "polite", env=env).stdout)
@@ -277,8 +335,18 @@ def test_top_once_text_and_json(example_agents: Path, sock_home: Path, workers: 
     assert sorted(r["session_id"] for r in data["sessions"]) == sorted(polite)
     assert all(r["tenant"] == "acme" for r in data["sessions"])
     (block,) = [b for b in data["blocks"] if b["kind"] == "session"]
-    assert block["session_id"] == blocker and block["where"].endswith("blocker.py:7 in entrypoint")
+    assert block["session_id"] == blocker and block["where"] == "agents/blocker.py:7 in entrypoint"
     assert 190 < block["ms"] < 400
+
+    detail = run_cli("top", "--once", "--session", blocker[:6], env=env)
+    assert detail.returncode == 0, detail.stderr
+    lines = detail.stdout.splitlines()
+    assert lines[0] == f"session {blocker}" and "recent blocks (1 in the worker's last 100)" in lines
+    assert lines[-1] == "      agents/blocker.py:7 in entrypoint"  # the stack, innermost last
+    one = json.loads(run_cli("top", "--once", "--json", "--session", boom, env=env).stdout)
+    assert one["session"]["error"] == "RuntimeError: agent bug" and one["blocks"] == []
+    missing = run_cli("top", "--once", "--session", "zz", env=env)
+    assert missing.returncode == 1 and "no session with an id starting 'zz'" in missing.stderr
 
 
 def test_top_once_without_worker_exits_1(sock_home: Path) -> None:
@@ -304,6 +372,13 @@ def test_demo_runs_and_leaves_nothing_behind(sock_home: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "demo worker pid" in out.stdout and "SESSION   AGENT" in out.stdout
+    rows = [
+        line.split()
+        for line in out.stdout.splitlines()
+        if line.split()[1:2]
+        and line.split()[1] in ("chat", "voice", "support", "blocking_fixed", "parser", "blocking", "leaky")
+    ]
+    assert rows and {r[2] for r in rows} <= {"acme", "globex", "initech"}  # every session has a tenant
     pid = int(out.stdout.split("demo worker pid ")[1].split()[0])
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     assert not list((sock_home / "openrtc").glob("*.sock"))

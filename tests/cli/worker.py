@@ -26,7 +26,13 @@ class Worker:
     """A real worker process (`openrtc start|dev`) logging JSON lines to a file."""
 
     def __init__(
-        self, command: str, agents: Path, home: Path, *flags: str, env: dict[str, str] | None = None
+        self,
+        command: str,
+        agents: Path,
+        home: Path,
+        *flags: str,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
     ) -> None:
         self.home = home
         self.log_path = home / f"worker-{time.monotonic_ns()}.log"
@@ -37,6 +43,7 @@ class Worker:
             stdout=subprocess.DEVNULL,
             stderr=self._log,
             env=self.env,
+            cwd=cwd,
         )
 
     @property

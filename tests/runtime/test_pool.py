@@ -46,6 +46,18 @@ def test_session_runs_and_ends(run_loop: Any) -> None:
     assert seen == [SessionState.RUNNING]
 
 
+def test_agents_added_after_the_start_are_logged(run_loop: Any, caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        async with AgentPool(enable_introspection=False) as pool:  # embedded: agents come after the start
+            pool.add("a", sleeper)
+
+    with caplog.at_level(logging.INFO, logger="openrtc.pool"):
+        run_loop(main())
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(line.startswith("worker started") and "agents=(none yet)" in line for line in lines)
+    assert "agent 'a' added" in lines
+
+
 def test_failure_is_contained_and_logged_with_session_id(
     run_loop: Any, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -182,15 +182,16 @@ def test_crashes_are_contained_with_their_reason(
     async def main() -> dict[str, Any]:
         async with process_pool(agents, sock_home) as pool:
             bystander = await pool.start_session("polite")
-            ends = {}
+            ends, errors = {}, {}
             for name in ("boom", "quitter", "vanish", "segfault"):
                 handle = await pool.start_session(name)
                 await handle
                 ends[name] = (handle.session.state, handle.session.reason)
+                errors[name] = handle.session.error_text
             assert bystander.session.state is SessionState.RUNNING  # the others carry on
             after = await pool.start_session("warm")
             ends["after"] = (await after, after.session.reason)
-            return {"ends": ends, "failed": pool.sessions_failed}
+            return {"ends": ends, "failed": pool.sessions_failed, "errors": errors}
 
     out = run_loop(main())  # asyncio and uvloop
     assert out["ends"] == {
@@ -201,6 +202,13 @@ def test_crashes_are_contained_with_their_reason(
         "after": (SessionState.ENDED, None),
     }
     assert out["failed"] == 4
+    # One line each for the snapshot: the child's exception, not its whole traceback.
+    assert out["errors"] == {
+        "boom": "ValueError: agent bug in a child",
+        "quitter": "SystemExit: 3",
+        "vanish": "the session's process exited with status 4",
+        "segfault": "the session's process died by SIGSEGV",
+    }
     messages = [r.getMessage() for r in caplog.records]
     assert any("ValueError: agent bug in a child" in m for m in messages)  # the child's traceback
     assert any("died by SIGSEGV" in m for m in messages)

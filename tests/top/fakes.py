@@ -92,7 +92,15 @@ def mixed_snapshot(pid: int = 4242, stall: bool = False) -> Snapshot:
         ),
         row("c0ffee112233", agent="chat", tenant="globex", cpu_pct=3.2, duration_s=12.0),
         row("d00d00445566", agent="chat", tenant=None, cpu_pct=0.4, state="starting", duration_s=0.0),
-        row("e1e1e1778899", agent="voice", tenant="globex", cpu_pct=0.0, state="failed", reason="exception"),
+        row(
+            "e1e1e1778899",
+            agent="voice",
+            tenant="globex",
+            cpu_pct=0.0,
+            state="failed",
+            reason="exception",
+            error="RuntimeError: boom from crasher",
+        ),
         row("f4f4f4aabbcc", agent="chat", tenant="acme", cpu_pct=0.0, state="ended", duration_s=95.0),
     ]
     blocks = [

@@ -9,6 +9,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from textual.binding import Binding
 from textual.pilot import Pilot
 from textual.widgets import Static
 
@@ -58,6 +59,13 @@ async def test_empty_state_names_the_folder_and_keeps_looking() -> None:
         await app.refresh_now()  # a worker appears: the table replaces the message
         assert not app.query_one("#empty").display and app.query_one("#sessions").display
         assert len(shown_ids(app)) == 6
+
+
+async def test_empty_state_with_one_socket_names_the_socket() -> None:
+    sock = FOLDER / "nonexistent"
+    async with running(FakeSource([Fetch(FOLDER, (), sock)])) as (app, _):
+        empty = text_of(app, "#empty")
+        assert f"Nothing answers on {sock}" in empty and "Searched" not in empty
 
 
 async def test_one_worker_with_a_mix_of_states() -> None:
@@ -152,6 +160,26 @@ async def test_enter_opens_the_session_with_its_blocks_and_stacks() -> None:
         await until(pilot, lambda: not isinstance(app.screen, SessionScreen))
 
 
+async def test_a_failed_session_shows_its_error_in_the_table_and_details() -> None:
+    async with running(source(view(mixed_snapshot()))) as (app, pilot):
+        table = app.query_one("#sessions", SessionTable)
+        (row,) = [table.cells_of(i) for i in range(table.row_count) if table.cells_of(i)[1] == "e1e1e177"]
+        assert row[13] == "RuntimeError: boom from crasher"
+        await pilot.press("f", "f", "f", "f", "enter")  # state=failed, then its details
+        await until(pilot, lambda: isinstance(app.screen, SessionScreen))
+        assert "error      RuntimeError: boom from crasher" in text_of(app, "#detail")
+
+
+async def test_q_quits_from_the_details_and_the_footer_says_so() -> None:
+    async with running(source(view(mixed_snapshot()))) as (app, pilot):
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, SessionScreen))
+        keys = {b.key: b.description for b in app.screen.BINDINGS if isinstance(b, Binding)}
+        assert keys == {"escape": "back", "k": "cancel session", "q": "quit"}
+        await pilot.press("q")
+        await until(pilot, lambda: not app.is_running)
+
+
 async def test_search_filters_and_escape_clears() -> None:
     async with running(source(view(mixed_snapshot()))) as (app, pilot):
         await pilot.press("slash", *"globex")
@@ -175,8 +203,11 @@ async def test_filter_keys_cycle_state_agent_tenant_and_clear() -> None:
         assert app.filters == Filters(agent="chat", tenant="acme") and shown_ids(app) == ["f4f4f4aa"]
         await pilot.press("x", "f")
         assert app.filters == Filters(status="starting") and shown_ids(app) == ["d00d0044"]
-        await pilot.press("f", "f", "f", "f", "f", "f")  # running, draining, ended, failed, cancelled, all
-        assert app.filters == Filters() and len(shown_ids(app)) == 6
+        seen = []
+        for _ in range(4):  # only the states some session is in, in life-cycle order, then all
+            await pilot.press("f")
+            seen.append(app.filters.status)
+        assert seen == ["running", "ended", "failed", None] and len(shown_ids(app)) == 6
 
 
 async def test_sort_keys() -> None:
@@ -249,7 +280,10 @@ async def test_help_lists_the_keys() -> None:
     async with running(source(view(mixed_snapshot()))) as (app, pilot):
         await pilot.press("question_mark")
         await until(pilot, lambda: isinstance(app.screen, HelpScreen))
-        assert "k cancel (asks first)" in text_of(app, "#help")
+        help_text = text_of(app, "#help")
+        assert "k cancel (asks first)" in help_text
+        # One line per paragraph, wrapped by the screen (the look is pinned in test_snapshots.py).
+        assert "A stall in progress is pinned above the table" in help_text
         await pilot.press("escape")
         await until(pilot, lambda: not isinstance(app.screen, HelpScreen))
 

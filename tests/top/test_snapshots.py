@@ -49,3 +49,9 @@ def test_search_and_filter(snap_compare: Any) -> None:
     assert snap_compare(
         app_of(view(mixed_snapshot())), terminal_size=SIZE, run_before=loaded, press=["a", "slash", *"c0f"]
     )
+
+
+def test_help_overlay(snap_compare: Any) -> None:
+    assert snap_compare(
+        app_of(view(mixed_snapshot())), terminal_size=SIZE, run_before=loaded, press=["question_mark", "_"]
+    )
