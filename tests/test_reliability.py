@@ -135,9 +135,13 @@ def test_200_concurrent_clients_against_1000_sessions(
     write_agent(agents_dir, "polite", POLITE)
     worker = start(agents_dir, sock_home, workers)
     assert len(worker.dispatch("polite", "--count", "1000").stdout.split()) == 1000
-    time.sleep(5.5)  # a full window of heartbeats with the sessions in place
     with WorkerClient(worker.socket) as client:
-        before = client.request("snapshot")["worker"]["loop_lag_ms"]["p99"]
+        # Wait for a full window of heartbeats with the sessions in place (by the worker's clock).
+        since = client.request("hello")["started_at"]
+        placed = time.time() - since
+        while (first := client.request("snapshot"))["worker"]["uptime_s"] < placed + 5.5:
+            time.sleep(0.5)
+        before = first["worker"]["loop_lag_ms"]["p99"]
     answers: list[int] = []
     errors: list[BaseException] = []
     gate = threading.Barrier(200)

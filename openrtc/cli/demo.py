@@ -32,6 +32,7 @@ LOAD_MIX = {
     "parser": 10,
     "blocking": 5,
     "leaky": 5,
+    "flaky": 5,
 }
 TENANTS = {"acme": 5, "globex": 3, "initech": 2}
 """The demo's customers, so `top`'s TENANT column and its `t` filter have something to show."""

@@ -361,6 +361,8 @@ def test_demo_runs_and_leaves_nothing_behind(sock_home: Path) -> None:
 
     import psutil
 
+    from openrtc.cli.demo import LOAD_MIX
+
     out = run_cli(
         "demo",
         "--duration",
@@ -373,10 +375,7 @@ def test_demo_runs_and_leaves_nothing_behind(sock_home: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert "demo worker pid" in out.stdout and "SESSION   AGENT" in out.stdout
     rows = [
-        line.split()
-        for line in out.stdout.splitlines()
-        if line.split()[1:2]
-        and line.split()[1] in ("chat", "voice", "support", "blocking_fixed", "parser", "blocking", "leaky")
+        line.split() for line in out.stdout.splitlines() if line.split()[1:2] and line.split()[1] in LOAD_MIX
     ]
     assert rows and {r[2] for r in rows} <= {"acme", "globex", "initech"}  # every session has a tenant
     pid = int(out.stdout.split("demo worker pid ")[1].split()[0])

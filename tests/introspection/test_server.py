@@ -139,7 +139,11 @@ def test_answers_while_the_event_loop_is_blocked(sock_home: Path, run_loop: Any)
     def body(pool: AgentPool, path: Path) -> float:
         with WorkerClient(path) as client:
             client.request("dispatch", agent="blocker", metadata={"block": 1.5})
-        time.sleep(0.3)  # the loop is now inside time.sleep
+            # Wait for the loop to be inside time.sleep: the watchdog shows the stall in progress.
+            deadline = time.monotonic() + 5
+            while not any(b["ongoing"] for b in client.request("snapshot")["blocks"]):
+                assert time.monotonic() < deadline, "the stall never showed"
+                time.sleep(0.01)
         started = time.perf_counter()
         with WorkerClient(path, timeout=1.0) as client:
             assert client.request("hello")["sessions_active"] == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -248,7 +249,9 @@ def test_snapshot_rows_carry_the_childs_pid_and_cpu(agents: Path, sock_home: Pat
 
     out = asyncio.run(main())
     rows = {r["session_id"]: r for r in out["snapshot"]["sessions"]}
-    assert rows[out["burner"]]["cpu_pct"] > 60 and rows[out["burner"]]["cpu_s"] > 1.5
+    # The child's own CPU, from the OS (a busy loop: near 100% on a quiet machine; the bound leaves room
+    # for a machine that shares its cores).
+    assert rows[out["burner"]]["cpu_pct"] > 25 and rows[out["burner"]]["cpu_s"] > 0.7
     assert rows[out["idle"]]["cpu_pct"] < 10
     assert all(r["pid"] for r in rows.values()) and out["snapshot"]["worker"]["isolation"] == "process"
 
@@ -308,7 +311,9 @@ def test_no_fd_leak_and_nothing_left_after_sigterm(agents: Path, sock_home: Path
             before = len(os.listdir("/proc/self/fd"))
             for _ in range(30):
                 await (await pool.start_session("warm"))
-            await asyncio.sleep(0.2)
+            # Each child's socket closes once its exit is reported: wait for that, not a fixed time.
+            with contextlib.suppress(AssertionError):  # the assertion below says by how much
+                await wait_until(lambda: len(os.listdir("/proc/self/fd")) <= before, 10)
             return before, len(os.listdir("/proc/self/fd"))
 
     before, after = asyncio.run(churn())
