@@ -11,6 +11,7 @@ from openrtc.errors import (
     SocketError,
     UnknownAgentError,
     WorkerNotFound,
+    WorkerUnresponsive,
 )
 from openrtc.runtime.agent import Agent
 from openrtc.runtime.pool import AgentPool
@@ -34,5 +35,6 @@ __all__ = [
     "SocketError",
     "UnknownAgentError",
     "WorkerNotFound",
+    "WorkerUnresponsive",
     "__version__",
 ]

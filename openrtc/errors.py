@@ -63,6 +63,11 @@ class WorkerNotFound(OpenRTCError):
     """Raised when no live worker answers in the socket folder."""
 
 
+class WorkerUnresponsive(WorkerNotFound):
+    """Raised when a worker's socket accepts connections but the worker does not answer in time: it is
+    alive, but stuck or overwhelmed (not the same as no worker at all)."""
+
+
 class RemoteError(OpenRTCError):
     """Raised by the client when the worker answered a request with an error reply.
 

@@ -21,6 +21,7 @@ EXPECTED = {
     "SocketError",
     "UnknownAgentError",
     "WorkerNotFound",
+    "WorkerUnresponsive",
     "__version__",
 }
 

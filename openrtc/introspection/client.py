@@ -7,7 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from openrtc.errors import ProtocolError, RemoteError, SchemaVersionError, SocketError, WorkerNotFound
+from openrtc.errors import (
+    ProtocolError,
+    RemoteError,
+    SchemaVersionError,
+    SocketError,
+    WorkerNotFound,
+    WorkerUnresponsive,
+)
 from openrtc.introspection.paths import check_private_dir, remove_if_dead, socket_dir
 from openrtc.introspection.wire import (
     HEADER_SIZE,
@@ -23,6 +30,7 @@ class WorkerClient:
 
     def __init__(self, path: str | Path, timeout: float = 5.0) -> None:
         self.path = Path(path)
+        self.timeout = timeout
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.settimeout(timeout)
         try:
@@ -50,7 +58,10 @@ class WorkerClient:
                 raise ProtocolError(f"worker sent a frame of {size} bytes (limit {MAX_REPLY_BYTES})")
             reply = decode_body(self._recv_exact(size))
         except TimeoutError as exc:
-            raise WorkerNotFound(f"worker on {self.path} did not answer {op!r} in time") from exc
+            raise WorkerUnresponsive(
+                f"the worker on {self.path} is alive (it accepted the connection) but did not answer "
+                f"{op!r} within {self.timeout:g}s"
+            ) from exc
         except OSError as exc:
             raise WorkerNotFound(f"lost the worker on {self.path}: {exc.strerror or exc}") from exc
         return unwrap_reply(reply)
@@ -105,6 +116,7 @@ def find_workers(folder: Path | None = None, timeout: float = 2.0) -> list[Worke
             raise WorkerNotFound(f"no worker running: {folder} does not exist") from None
         raise WorkerNotFound(str(exc)) from exc
     found: list[WorkerInfo] = []
+    silent: list[WorkerUnresponsive] = []
     for path in sorted(folder.glob("*.sock")):
         if remove_if_dead(path):
             continue
@@ -113,8 +125,12 @@ def find_workers(folder: Path | None = None, timeout: float = 2.0) -> list[Worke
                 found.append(WorkerInfo(path, client.request("hello")))
         except SchemaVersionError:
             raise
+        except WorkerUnresponsive as exc:
+            silent.append(exc)
         except (WorkerNotFound, ProtocolError, RemoteError):
             continue
+    if not found and silent:
+        raise WorkerUnresponsive("; ".join(str(e) for e in silent))
     if not found:
         raise WorkerNotFound(f"no worker running: no live socket in {folder}")
     return found

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import os
 import socket
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from openrtc.errors import OpenRTCError, SessionRefused, UnknownAgentError
+from openrtc.introspection.ledger import SUFFIX as LEDGER_SUFFIX
+from openrtc.introspection.ledger import LedgerWriter, report_and_clear
 from openrtc.introspection.monitor import Monitor
 from openrtc.introspection.paths import bind_worker_socket, ensure_private_dir, socket_dir
 from openrtc.introspection.server import Respond, Server
@@ -48,6 +51,10 @@ class Daemon:
         self._server: Server | None = None
         self._listener: socket.socket | None = None
         self._inode: int | None = None
+        self._dir_fd: int | None = None
+        """The socket's folder, held open: the socket and the ledger are removed from the folder they
+        were made in, even if someone renamed it meanwhile."""
+        self.ledger: LedgerWriter | None = None
         path = pool.config.socket_path
         self.socket_path: Path = path if path is not None else socket_dir() / f"{os.getpid()}.sock"
         self._hostname = socket.gethostname()
@@ -56,10 +63,13 @@ class Daemon:
     def start(self) -> None:
         if self._thread is not None:
             raise RuntimeError("daemon already started")
+        folder = self.socket_path.parent
         if self._pool.config.socket_path is None:
-            ensure_private_dir(self.socket_path.parent)
-        self._listener = bind_worker_socket(self.socket_path)
-        self._inode = os.stat(self.socket_path).st_ino
+            ensure_private_dir(folder)
+        report_and_clear(folder)  # the sessions of workers that died here without draining
+        self._dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        self._listener = bind_worker_socket(self.socket_path, self._dir_fd)
+        self._inode = os.stat(self.socket_path.name, dir_fd=self._dir_fd).st_ino
         self._server = Server(
             self._listener,
             {
@@ -69,12 +79,18 @@ class Daemon:
                 "cancel": self._op_cancel,
                 "drain": self._op_drain,
             },
+            on_wake=self._on_wake,
         )
+        self.ledger = LedgerWriter(self._dir_fd, self.socket_path.stem + LEDGER_SUFFIX, self._server.wake)
         self._thread = threading.Thread(target=self._server.serve_forever, name="openrtc-server", daemon=True)
         self._thread.start()
         server_thread = self._thread
         self.monitor.other_thread_wants_gil = self._server.wants_gil
         self.monitor.start(self._loop, lambda: [server_thread.ident] if server_thread.ident else [])
+
+    def _on_wake(self) -> None:
+        if self.ledger is not None:
+            self.ledger.flush()
 
     def close(self) -> None:
         self.monitor.close()
@@ -86,22 +102,40 @@ class Daemon:
         if self._listener is not None:
             self._listener.close()
             self._listener = None
-            # Remove the socket only if it is still ours (not one a later worker bound).
-            try:
-                if os.stat(self.socket_path).st_ino == self._inode:
-                    self.socket_path.unlink()
-            except FileNotFoundError:
-                pass
+        self.remove_files()
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+            self._dir_fd = None
+
+    def remove_files(self) -> None:
+        """Remove the socket (only if it is still ours, not one a later worker bound) and the ledger,
+        from the folder they were made in. Safe from any thread (the drain deadline's, at a forced exit)."""
+        if self.ledger is not None:
+            self.ledger.remove()
+        if self._dir_fd is None:
+            return
+        name = self.socket_path.name
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(name, dir_fd=self._dir_fd).st_ino == self._inode:
+                os.unlink(name, dir_fd=self._dir_fd)
+
+    def describe_holder(self) -> str | None:
+        """The session holding the loop now, and its line, as the watchdog saw it."""
+        block = self.monitor.ongoing()
+        if block is not None and block.session_id is not None:
+            return f"session {block.session_id} ({block.agent}) at {block.where}"
+        step = self.monitor.clock.current
+        if step is not None:
+            session = step.stats.session
+            return f"session {session.id} ({session.agent})"
+        return None
 
     @property
     def errors(self) -> int:
         return self._server.stats.errors if self._server is not None else 0
 
     def snapshot(self) -> dict[str, Any]:
-        stats = self._server.stats if self._server is not None else None
-        return build_snapshot(
-            self._pool, self.monitor, stats.errors if stats else 0, stats.last_error if stats else None
-        )
+        return build_snapshot(self._pool, self.monitor, self._server.stats if self._server else None)
 
     # -- ops (run on the daemon thread) ---------------------------------------------------------
 

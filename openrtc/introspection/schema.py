@@ -11,7 +11,7 @@ version; a client that meets a version it does not read stops with an error nami
 
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, TypeVar
 
 from openrtc.errors import ProtocolError, SchemaVersionError
@@ -35,6 +35,26 @@ class LoopLag:
 
 
 @dataclass(frozen=True)
+class SocketInfo:
+    """The worker's socket server: its clients, and the ones it had to drop to stay within bounds."""
+
+    connections_open: int
+    """Connections open now."""
+    connections_total: int
+    """Connections accepted since start."""
+    requests: int
+    """Requests answered since start."""
+    buffered_bytes: int
+    """Reply bytes waiting to be sent now, all clients together (bounded by a few MB)."""
+    dropped_unread: int
+    """Clients dropped because they did not read their replies."""
+    dropped_slow: int
+    """Clients dropped because a request did not arrive whole in time."""
+    evicted: int
+    """Idle clients closed to make room for a new one when every connection slot was taken."""
+
+
+@dataclass(frozen=True)
 class IntrospectionInfo:
     """What the introspection itself did and cost."""
 
@@ -54,6 +74,8 @@ class IntrospectionInfo:
     cost_pct: float
     """CPU the introspection threads used, as % of one core over the window (the per-step timing on
     the loop thread is not included: it is measured by the overhead benchmark)."""
+    socket: SocketInfo | None = None
+    """The socket server's own figures."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +118,9 @@ class WorkerInfo:
     """RSS above which new sessions are refused, or None."""
     introspection: IntrospectionInfo
     """The introspection's own figures."""
+    sessions_refused: dict[str, int] = field(default_factory=dict)
+    """Sessions refused since the worker started, by reason (`max_sessions`, `memory_limit`,
+    `draining`...)."""
 
 
 @dataclass(frozen=True)
@@ -214,7 +239,7 @@ def to_dict(snapshot: Snapshot) -> dict[str, Any]:
     }
 
 
-_NESTED = (LoopLag, IntrospectionInfo, LastBlock)
+_NESTED = (LoopLag, IntrospectionInfo, LastBlock, SocketInfo)
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
 
@@ -237,7 +262,7 @@ def _build(cls: type[T], data: Any, where: str) -> T:
     known = fields(cls)  # type: ignore[arg-type]
     # Fields added later have defaults: an older worker's snapshot lacks them. Unknown keys (a newer
     # worker's additions) are ignored.
-    missing = {f.name for f in known if f.default is MISSING} - data.keys()
+    missing = {f.name for f in known if f.default is MISSING and f.default_factory is MISSING} - data.keys()
     if missing:
         raise ProtocolError(f"snapshot field {where} lacks {', '.join(sorted(missing))}")
     return cls(**{f.name: data[f.name] for f in known if f.name in data})
@@ -256,9 +281,10 @@ def from_dict(data: Any) -> Snapshot:
     try:
         worker_data = dict(data["worker"])
         worker_data["loop_lag_ms"] = _build(LoopLag, worker_data.get("loop_lag_ms"), "worker.loop_lag_ms")
-        worker_data["introspection"] = _build(
-            IntrospectionInfo, worker_data.get("introspection"), "worker.introspection"
-        )
+        info = dict(worker_data.get("introspection") or {})
+        if info.get("socket") is not None:
+            info["socket"] = _build(SocketInfo, info["socket"], "worker.introspection.socket")
+        worker_data["introspection"] = _build(IntrospectionInfo, info, "worker.introspection")
         worker = _build(WorkerInfo, worker_data, "worker")
         sessions = []
         for i, raw in enumerate(data["sessions"]):

@@ -21,9 +21,11 @@ from openrtc.introspection.schema import (
     Block,
     IntrospectionInfo,
     LoopLag,
+    SocketInfo,
     WorkerInfo,
     plain,
 )
+from openrtc.introspection.server import ServerStats
 from openrtc.introspection.tagging import live_tasks
 from openrtc.runtime.loops import loop_name
 
@@ -49,9 +51,7 @@ def share_pct(busy_s: float, span_s: float) -> float:
     return max(0.0, min(100.0, busy_s / span_s * 100)) if span_s > 0 else 0.0
 
 
-def build_snapshot(
-    pool: AgentPool, monitor: Monitor, server_errors: int, server_error: str | None
-) -> dict[str, Any]:
+def build_snapshot(pool: AgentPool, monitor: Monitor, server: ServerStats | None = None) -> dict[str, Any]:
     """The snapshot in its wire form (what `schema.to_dict` would give for the `Snapshot` it describes).
 
     Session rows are built as dicts directly: this runs on every `snapshot` request, holding the GIL,
@@ -105,10 +105,12 @@ def build_snapshot(
             window_s=round(span, 3),
             sample_hz_target=round(monitor.sample_hz_target, 1),
             sample_hz_achieved=round(len(polls) / span, 1),
-            errors=monitor.errors + server_errors,
-            last_error=monitor.last_error or server_error,
+            errors=monitor.errors + (server.errors if server else 0),
+            last_error=monitor.last_error or (server.last_error if server else None),
             cost_pct=round(self_cpu / tick_span * 100, 2),
+            socket=_socket_info(server),
         ),
+        sessions_refused=dict(pool.sessions_refused),
     )
     blocks = list(monitor.blocks)
     if ongoing is not None:
@@ -120,6 +122,20 @@ def build_snapshot(
         "sessions": rows,
         "blocks": [plain(b) for b in blocks],
     }
+
+
+def _socket_info(server: ServerStats | None) -> SocketInfo | None:
+    if server is None:
+        return None
+    return SocketInfo(
+        connections_open=server.open,
+        connections_total=server.connections,
+        requests=server.requests,
+        buffered_bytes=server.buffered_bytes,
+        dropped_unread=server.dropped_unread,
+        dropped_slow=server.dropped_slow,
+        evicted=server.evicted,
+    )
 
 
 def _add_step_in_progress(

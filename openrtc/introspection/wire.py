@@ -30,10 +30,11 @@ def decode_body(body: bytes) -> dict[str, Any]:
     """Decode one frame body into a map, or raise `ProtocolError` saying what was wrong."""
     try:
         value = msgpack.unpackb(body, raw=False, strict_map_key=True)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
-        raise ProtocolError(f"frame is not valid msgpack: {exc}") from exc
-    except Exception as exc:  # msgpack raises a few other types on hostile input (e.g. TypeError)
-        raise ProtocolError(f"frame is not valid msgpack: {type(exc).__name__}: {exc}") from exc
+    except msgpack.StackError as exc:  # its message is empty
+        raise ProtocolError("frame is not valid msgpack: nested too deeply") from exc
+    except Exception as exc:  # msgpack raises several types on hostile input (ValueError, TypeError...)
+        detail = str(exc) or "malformed"
+        raise ProtocolError(f"frame is not valid msgpack: {type(exc).__name__}: {detail}") from exc
     if not isinstance(value, dict):
         raise ProtocolError(f"frame must hold a map, got {type(value).__name__}")
     return value
@@ -52,24 +53,36 @@ class FrameDecoder:
         self._buf = bytearray()
 
     def feed(self, data: bytes) -> list[dict[str, Any] | ProtocolError]:
-        self._buf += data
+        """Add `data` and take every whole frame out."""
+        self.push(data)
         frames: list[dict[str, Any] | ProtocolError] = []
-        while len(self._buf) >= HEADER_SIZE:
-            (size,) = _HEADER.unpack_from(self._buf)
-            if size == 0:
-                raise ProtocolError("zero-length frame")
-            if size > self.max_size:
-                raise ProtocolError(f"frame of {size} bytes exceeds the limit of {self.max_size}")
-            end = HEADER_SIZE + size
-            if len(self._buf) < end:
-                break
-            body = bytes(self._buf[HEADER_SIZE:end])
-            del self._buf[:end]
-            try:
-                frames.append(decode_body(body))
-            except ProtocolError as exc:
-                frames.append(exc)
+        while (frame := self.pop()) is not None:
+            frames.append(frame)
         return frames
+
+    def push(self, data: bytes) -> None:
+        """Add bytes without decoding them (see `pop`)."""
+        self._buf += data
+
+    def pop(self) -> dict[str, Any] | ProtocolError | None:
+        """The next whole frame, or None while it has not fully arrived. The bytes after it stay
+        undecoded: a server that answers one request at a time holds raw bytes, not decoded values."""
+        if len(self._buf) < HEADER_SIZE:
+            return None
+        (size,) = _HEADER.unpack_from(self._buf)
+        if size == 0:
+            raise ProtocolError("zero-length frame")
+        if size > self.max_size:
+            raise ProtocolError(f"frame of {size} bytes exceeds the limit of {self.max_size}")
+        end = HEADER_SIZE + size
+        if len(self._buf) < end:
+            return None
+        body = bytes(self._buf[HEADER_SIZE:end])
+        del self._buf[:end]
+        try:
+            return decode_body(body)
+        except ProtocolError as exc:
+            return exc
 
     @property
     def pending(self) -> int:

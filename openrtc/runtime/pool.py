@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import contextvars
 import logging
 import os
+import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine, Mapping
@@ -29,7 +32,14 @@ from openrtc.runtime.session import (
     current_session,
     error_summary,
 )
-from openrtc.runtime.signals import capture_signals
+from openrtc.runtime.signals import (
+    DEADLINE_GRACE_S,
+    EXIT_DRAIN_DEADLINE,
+    QUICK_SIGNALS,
+    DrainDeadline,
+    capture_signals,
+    loop_thread_position,
+)
 
 if TYPE_CHECKING:
     from openrtc.introspection.daemon import Daemon
@@ -43,6 +53,8 @@ CANCEL_GRACE_S = 5.0
 """After a drain cancels what is left, how long it waits for those sessions to unwind."""
 LEFTOVER_GRACE_S = 1.0
 """After the drain, how long tasks still alive (stray tasks, sessions already abandoned) get to end."""
+REFUSAL_LOG_EVERY_S = 5.0
+"""Refusals are counted one by one but logged at most this often per reason."""
 RECENTLY_ENDED_MAX = 1000
 """At most this many finished sessions are remembered for snapshots, and none longer than the
 snapshots show them (`ENDED_KEEP_S`)."""
@@ -51,11 +63,21 @@ snapshots show them (`ENDED_KEEP_S`)."""
 def run_worker_loop(
     main: Coroutine[Any, Any, None], factory: Callable[[], asyncio.AbstractEventLoop]
 ) -> None:
-    """Run `main` on a new loop, like `asyncio.run`, but never wait forever for leftover tasks."""
+    """Run `main` on a new loop, like `asyncio.run`, but never wait forever for leftover tasks, and
+    start the loop again if something stops it before `main` is done."""
     loop = factory()
     asyncio.set_event_loop(loop)
     try:
-        loop.run_until_complete(main)
+        task = loop.create_task(main, name="openrtc-worker")
+        while True:
+            try:
+                loop.run_until_complete(task)
+                break
+            except RuntimeError as exc:
+                if task.done() or "stopped before Future completed" not in str(exc):
+                    raise
+                # Session code cannot stop the loop (see `loops`): this came from outside any session.
+                log.error("the event loop was stopped by code outside any session; starting it again")
         _cancel_leftovers(loop)
         loop.run_until_complete(loop.shutdown_asyncgens())
     finally:
@@ -126,6 +148,10 @@ class AgentPool:
         self._by_tenant: Counter[str] = Counter()
         self.sessions_started = 0
         self.sessions_failed = 0
+        self.sessions_refused: Counter[str] = Counter()
+        """Refused sessions since start, by reason (the `SessionRefused.cap`)."""
+        self._refusals_logged_at: dict[str, float] = {}
+        self._refusals_unlogged: Counter[str] = Counter()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._state = "new"  # new -> running -> draining -> closed
         self._draining: asyncio.Event | None = None
@@ -137,6 +163,14 @@ class AgentPool:
         self.recently_ended: collections.deque[Session] = collections.deque(maxlen=RECENTLY_ENDED_MAX)
         """Finished sessions, newest last, for the snapshot's recently-ended rows."""
         self._prune_timer: asyncio.TimerHandle | None = None
+        self._deadline: DrainDeadline | None = None
+        self._loop_thread_id = 0
+        self._holder_describers: list[Callable[[], str | None]] = []
+        """Plug-ins that can say which session holds the loop (introspection), asked at the deadline."""
+        self._emergency_cleanups: list[Callable[[], None]] = []
+        self._on_start: list[Callable[[Session], None]] = []
+        self._on_end: list[Callable[[Session], None]] = []
+        """What must happen before a forced exit (remove the socket), run on the deadline's thread."""
 
     # -- agents ---------------------------------------------------------------------------------
 
@@ -250,6 +284,7 @@ class AgentPool:
             raise OpenRTCError(f"pool cannot start: it is {self._state}")
         loop = asyncio.get_running_loop()
         self._loop = loop
+        self._loop_thread_id = threading.get_ident()
         self._draining = asyncio.Event()
         self._shutdown = asyncio.Event()
         if self.config.enable_introspection:
@@ -287,6 +322,12 @@ class AgentPool:
                 assert self._monitor is not None
                 self._daemon = Daemon(self, loop, self._monitor)
                 self._daemon.start()
+                ledger = self._daemon.ledger
+                if ledger is not None:
+                    self._on_start.append(lambda s: ledger.started(s.id, s.agent, s.tenant))
+                    self._on_end.append(lambda s: ledger.ended(s.id))
+                self._holder_describers.append(self._daemon.describe_holder)
+                self._emergency_cleanups.append(self._daemon.remove_files)
         except BaseException:
             await self.aclose()
             raise
@@ -353,20 +394,81 @@ class AgentPool:
         run_worker_loop(self.serve(), loop_factory(loop))
 
     async def serve(self) -> None:
-        """Start, wait for SIGTERM/SIGINT or a drain request, drain, close."""
-        async with self:
-            assert self._loop is not None and self._shutdown is not None
-            with capture_signals(self._loop, self._on_signal):
+        """Start, wait for a drain signal or request, drain, close (see `runtime.signals`).
+
+        The drain has a hard deadline: if the event loop is blocked when the drain timeout has passed,
+        a thread of the worker writes every session's end line, removes the socket and exits the
+        process with `EXIT_DRAIN_DEADLINE`.
+        """
+        await self.start()
+        assert self._loop is not None and self._shutdown is not None
+        deadline = DrainDeadline(self._loop, self.config.drain_timeout_s, self._give_up)
+        self._deadline = deadline
+        deadline.start()
+        try:
+            with capture_signals(self._loop, self._on_signal, deadline.arm):
                 await self._shutdown.wait()
+                await self.aclose()  # signals still captured: a second one cancels everything
+        finally:
+            await self.aclose()
+            self._deadline = None
+            deadline.close()
 
     def _on_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        if self._state == "running" and signum not in QUICK_SIGNALS:
+            log.info("received %s: draining (timeout %.1fs)", name, self.config.drain_timeout_s)
+            self.request_drain()
+            return
         if self._state == "running":
-            log.info("received signal %d: draining (timeout %.1fs)", signum, self.config.drain_timeout_s)
+            log.warning("received %s: cancelling every session now", name)
             self.request_drain()
         else:
-            log.warning("received signal %d again: cancelling every session now", signum)
-            for session in list(self._sessions.values()):
-                cancel_session(session, "signal")
+            log.warning("received %s during the drain: cancelling every session now", name)
+        for session in list(self._sessions.values()):
+            cancel_session(session, "signal")
+
+    def _give_up(self, why: str) -> None:
+        """The drain's hard deadline passed (called on the deadline's thread, the loop thread being
+        stuck): write each session's end line, let the plug-ins clean up, exit."""
+        held_by = self._describe_loop_holder()
+        for session in list(self._sessions.values()):
+            session.log.error(
+                "session cancelled reason=loop_blocked duration=%.3fs: "
+                "the drain deadline passed (%s, held by %s)",
+                time.perf_counter() - session.started_mono,
+                why,
+                held_by,
+            )
+        log.error(
+            "drain deadline passed %.1fs after the drain began: %s by %s; exiting with code %d",
+            self.config.drain_timeout_s + DEADLINE_GRACE_S,
+            why,
+            held_by,
+            EXIT_DRAIN_DEADLINE,
+        )
+        for cleanup in self._emergency_cleanups:
+            try:
+                cleanup()
+            except Exception:
+                log.exception("clean-up at the drain deadline failed")
+        for handler in logging.getLogger().handlers:
+            with contextlib.suppress(Exception):
+                handler.flush()
+        os._exit(EXIT_DRAIN_DEADLINE)
+
+    def _describe_loop_holder(self) -> str:
+        """Who holds the loop thread now, in words: the best description a plug-in gives, else the
+        innermost frame of the loop thread outside asyncio and openrtc."""
+        for describe in self._holder_describers:
+            try:
+                text = describe()
+            except Exception:
+                log.exception("describing the loop's holder failed")
+                continue
+            if text:
+                return text
+        return loop_thread_position(self._loop_thread_id)
 
     def request_drain(self) -> None:
         """Start a drain in the background (what signals and the socket's `drain` op do)."""
@@ -385,6 +487,8 @@ class AgentPool:
             self._drain_task = current
         assert self._draining is not None and self._shutdown is not None
         timeout = self.config.drain_timeout_s if timeout is None else timeout
+        if self._deadline is not None:
+            self._deadline.arm()  # a drain from the socket or from code has the same hard deadline
         self._state = "draining"
         self._shutdown.set()
         self._draining.set()
@@ -423,13 +527,30 @@ class AgentPool:
         metadata: dict[str, Any] | None = None,
     ) -> SessionHandle:
         """Start a session of `agent`; raises `UnknownAgentError` or `SessionRefused` (naming the cap)."""
-        if self._state != "running":
-            cap = "draining" if self._state == "draining" else "not_running"
-            raise SessionRefused(cap, f"worker is {self._state}; not accepting new sessions")
-        spec = self.agent(agent)
-        if spec.name not in self._prewarmed:
-            await self._prewarm(spec)
-        return self._start_now(spec, tenant, dict(metadata) if metadata else {})
+        try:
+            if self._state != "running":
+                cap = "draining" if self._state == "draining" else "not_running"
+                raise SessionRefused(cap, f"worker is {self._state}; not accepting new sessions")
+            spec = self.agent(agent)
+            if spec.name not in self._prewarmed:
+                await self._prewarm(spec)
+            return self._start_now(spec, tenant, dict(metadata) if metadata else {})
+        except SessionRefused as exc:
+            self._note_refusal(exc)
+            raise
+
+    def _note_refusal(self, exc: SessionRefused) -> None:
+        """Count every refusal; log each reason at most once per `REFUSAL_LOG_EVERY_S`, with how many
+        were refused meanwhile (a caller retrying in a loop must not flood the log)."""
+        reason = exc.cap
+        self.sessions_refused[reason] += 1
+        self._refusals_unlogged[reason] += 1
+        now = time.monotonic()
+        if now - self._refusals_logged_at.get(reason, -REFUSAL_LOG_EVERY_S) >= REFUSAL_LOG_EVERY_S:
+            count = self._refusals_unlogged.pop(reason)
+            self._refusals_logged_at[reason] = now
+            since = f" ({count} since the last such line)" if count > 1 else ""
+            log.warning("refused a session (%s): %s%s", reason, exc, since)
 
     def _start_now(self, spec: AgentSpec, tenant: str | None, metadata: dict[str, Any]) -> SessionHandle:
         # No await from the checks to the registration: admission decisions cannot interleave.
@@ -465,6 +586,8 @@ class AgentPool:
         )
         session._root = root
         root.add_done_callback(lambda _: self._finish(session))
+        for started in self._on_start:
+            started(session)
         return SessionHandle(session)
 
     def _check_memory(self) -> None:
@@ -611,6 +734,8 @@ class AgentPool:
             session.reason or "-",
             session.ended_at - session.started_mono,
         )
+        for ended in self._on_end:
+            ended(session)
 
     def _prune_ended(self) -> None:
         """Forget ended sessions once no snapshot shows them; re-arms itself while some remain."""

@@ -35,6 +35,12 @@ STOP_GRACE_S = 2.0
 """After a cancel, how long a child has to unwind before SIGTERM, then again before SIGKILL."""
 EXIT_WAIT_S = 5.0
 """How long to wait for the template to report a child's exit status."""
+FULL_POLL_S = 1.0
+"""How often every child's RSS and CPU are read."""
+FAST_POLL_S = 0.05
+"""The shortest time between two RSS reads of a child near its memory limit."""
+ASSUMED_GROWTH_MB_S = 400.0
+"""The growth rate a child's RSS reads are paced for (see `ChildWatch`)."""
 
 
 class ChildFailed(OpenRTCError):
@@ -61,6 +67,8 @@ class ChildStats:
     """(perf_counter, cpu_s) once a second: the snapshot's CPU% window."""
     warned: bool = False
     process: psutil.Process | None = None
+    next_check: float = 0.0
+    """When its RSS is read next (sooner near the memory limit)."""
 
     def cpu_pct(self, window_s: float, now: float) -> float:
         """The child's CPU over the last `window_s`, as % of one core."""
@@ -298,7 +306,14 @@ async def _stop_child(
 
 
 class ChildWatch:
-    """Reads every child's RSS and CPU once a second; kills a child above the per-session limit."""
+    """Reads every child's RSS and CPU once a second; kills a child above the per-session limit.
+
+    With a memory limit, a child's RSS is also read sooner the closer it is to the limit: after
+    (its headroom / `ASSUMED_GROWTH_MB_S`), at least every `FAST_POLL_S`. A child growing slower than
+    that is caught before it passes the limit (give or take one fast poll); a faster one overshoots by
+    what it outgrows the assumption (`tests/runtime/test_process.py`: a child growing at 200 MB/s is
+    killed within a chunk or two of a 150 MB limit).
+    """
 
     def __init__(self, sessions: Any, warn_mb: float | None, limit_mb: float | None) -> None:
         self._sessions = sessions
@@ -306,11 +321,46 @@ class ChildWatch:
         self._limit_mb = limit_mb
 
     async def run(self) -> None:
+        next_full = 0.0
         while True:
-            self.tick(time.perf_counter())
-            await asyncio.sleep(1.0)
+            now = time.perf_counter()
+            if now >= next_full:
+                soonest = self.tick(now)
+                next_full = now + FULL_POLL_S
+            else:
+                soonest = self._poll_due(now)
+            if self._limit_mb is not None:  # a new child is due at once: look for one often
+                soonest = min(soonest, now + FAST_POLL_S)
+            await asyncio.sleep(max(0.0, min(next_full, soonest) - time.perf_counter()))
 
-    def tick(self, now: float) -> None:
+    def _next_check(self, now: float, rss_mb: float) -> float:
+        if self._limit_mb is None:
+            return now + FULL_POLL_S
+        headroom = max(0.0, self._limit_mb - rss_mb)
+        return now + min(FULL_POLL_S, max(FAST_POLL_S, headroom / ASSUMED_GROWTH_MB_S))
+
+    def _poll_due(self, now: float) -> float:
+        """Read the RSS of the children due for it; returns when the next one is due."""
+        soonest = now + FULL_POLL_S
+        for session in list(self._sessions()):
+            child: ChildStats | None = session.child
+            if child is None or session.state.finished:
+                continue
+            if child.next_check <= now:
+                try:
+                    process = child.process = child.process or psutil.Process(child.pid)
+                    rss = process.memory_info().rss / (1024 * 1024)
+                except psutil.Error:
+                    continue
+                child.rss_mb, child.peak_mb = rss, max(child.peak_mb, rss)
+                child.next_check = self._next_check(now, rss)
+                self._check(session, child)
+            soonest = min(soonest, child.next_check)
+        return soonest
+
+    def tick(self, now: float) -> float:
+        """Read every child's RSS and CPU; returns when the next RSS read is due."""
+        soonest = now + FULL_POLL_S
         for session in list(self._sessions()):
             child: ChildStats | None = session.child
             if child is None or session.state.finished:
@@ -325,7 +375,10 @@ class ChildWatch:
             child.rss_mb, child.peak_mb = rss, max(child.peak_mb, rss)
             child.cpu_s = times.user + times.system
             child.samples.append((now, child.cpu_s))
+            child.next_check = self._next_check(now, rss)
+            soonest = min(soonest, child.next_check)
             self._check(session, child)
+        return soonest
 
     def _check(self, session: Session, child: ChildStats) -> None:
         if self._warn_mb is not None:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from openrtc.errors import OpenRTCError
 from openrtc.introspection.client import WorkerClient, find_workers
+from openrtc.introspection.ledger import dead_workers
+from openrtc.introspection.paths import socket_dir
 from openrtc.introspection.schema import Snapshot, from_dict, to_dict
 from openrtc.top.view import Filters, render_detail, render_text
 
@@ -33,8 +35,10 @@ def run_once(
     try:
         snapshots = fetch_snapshots(socket)
     except OpenRTCError as exc:
+        _report_dead(socket)
         print(f"openrtc top: {exc}", file=sys.stderr)
         return 1
+    _report_dead(socket)
     if session is not None:
         return _print_session(snapshots, session, as_json)
     if as_json:
@@ -56,6 +60,18 @@ def _filtered(doc: dict[str, object], filters: Filters) -> dict[str, object]:
         and (filters.status is None or r["state"] == filters.status)
     ]
     return doc
+
+
+def _report_dead(socket: Path | None) -> None:
+    """Workers of the folder that died without draining, and the sessions they lost (on stderr: the
+    table or JSON on stdout stays as it was)."""
+    try:
+        folder = socket.parent if socket is not None else socket_dir()
+        dead = dead_workers(folder)
+    except OpenRTCError:
+        return
+    for worker in dead:
+        print(f"openrtc top: {worker.describe()}", file=sys.stderr)
 
 
 def _print_session(snapshots: list[Snapshot], wanted: str, as_json: bool) -> int:

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from openrtc.errors import OpenRTCError, SchemaVersionError, SocketError
+from openrtc.errors import OpenRTCError, SchemaVersionError, SocketError, WorkerUnresponsive
 from openrtc.introspection.client import WorkerClient
+from openrtc.introspection.ledger import DeadWorker, dead_workers
 from openrtc.introspection.paths import check_private_dir, remove_if_dead, socket_dir
 from openrtc.introspection.schema import Snapshot, from_dict
 
@@ -91,7 +92,8 @@ class LiveSource:
             try:
                 with WorkerClient(path, self._timeout) as client:
                     snapshot = from_dict(client.request("snapshot"))
-            except SchemaVersionError as exc:
+            except (SchemaVersionError, WorkerUnresponsive) as exc:
+                # Alive but not readable: listed with why, not taken for gone.
                 views[path] = WorkerView(path, None, str(exc), False)
                 continue
             except OpenRTCError as exc:
@@ -105,15 +107,28 @@ class LiveSource:
             self._last[path] = snapshot
             self._gone_since.pop(path, None)
             views[path] = WorkerView(path, snapshot, None, False)
+        answered = [p for p, v in views.items() if not v.gone]
+        dead = {d.ledger.with_suffix(".sock"): d for d in self._dead_workers(answered)}
         for path, snapshot in list(self._last.items()):
             if path in views:
                 continue
             since = self._gone_since.setdefault(path, now)
-            if now - since > GONE_KEEP_S:
+            if now - since > GONE_KEEP_S and path not in dead:
                 del self._last[path], self._gone_since[path]
             else:
-                views[path] = WorkerView(path, snapshot, "the worker exited", True)
+                why = dead[path].describe() if path in dead else "the worker exited"
+                views[path] = WorkerView(path, snapshot, why, True)
+        for path, worker in dead.items():  # died before this `top` saw it: listed until a new worker starts
+            if path not in views and (self._socket is None or path == self._socket):
+                views[path] = WorkerView(path, None, worker.describe(), True)
         return Fetch(self.folder, tuple(views[p] for p in sorted(views)), self._socket)
+
+    def _dead_workers(self, answered: list[Path]) -> list[DeadWorker]:
+        try:
+            check_private_dir(self.folder)
+        except SocketError:
+            return []
+        return dead_workers(self.folder, answered)
 
     def cancel(self, socket_path: Path, session_id: str) -> None:
         """Ask the worker to cancel the session; raises `OpenRTCError` (e.g. `RemoteError`) if it cannot."""

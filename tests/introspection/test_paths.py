@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from openrtc import SocketError
+from openrtc import AgentPool, SocketError
 from openrtc.introspection.paths import (
     bind_worker_socket,
     check_private_dir,
@@ -18,9 +19,49 @@ from openrtc.introspection.paths import (
 )
 
 
-def test_socket_dir_prefers_xdg_runtime_dir() -> None:
-    assert socket_dir({"XDG_RUNTIME_DIR": "/run/user/7"}) == Path("/run/user/7/openrtc")
+def test_socket_dir_prefers_xdg_runtime_dir(tmp_path: Path) -> None:
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    assert socket_dir({"XDG_RUNTIME_DIR": str(runtime)}) == runtime / "openrtc"
     assert socket_dir({}).name == f"openrtc-{os.getuid()}"
+
+
+def test_an_unsafe_xdg_runtime_dir_falls_back_to_the_temporary_folder(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """In a parent others may write to without the sticky bit, our folder could be renamed away."""
+    runtime = tmp_path / "open"
+    runtime.mkdir()
+    runtime.chmod(0o777)
+    fallback = socket_dir({})
+    assert socket_dir({"XDG_RUNTIME_DIR": str(runtime)}) == fallback
+    assert "XDG_RUNTIME_DIR is not safe" in caplog.text and "mode 777" in caplog.text
+    runtime.chmod(0o1777)  # sticky: others cannot rename what is not theirs
+    assert socket_dir({"XDG_RUNTIME_DIR": str(runtime)}) == runtime / "openrtc"
+    assert socket_dir({"XDG_RUNTIME_DIR": str(tmp_path / "missing")}) == fallback
+
+
+def test_the_socket_is_removed_from_the_folder_it_was_made_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_loop: Any
+) -> None:
+    """Someone renames the worker's folder and puts another in its place: the worker removes its own
+    socket (and ledger) from the renamed folder, and touches nothing in the new one."""
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+
+    async def main() -> Path:
+        async with AgentPool(drain_timeout_s=0) as pool:
+            path = pool.socket_path
+            assert path is not None and path.exists()
+            (runtime / "openrtc").rename(runtime / "moved")
+            ensure_private_dir(runtime / "openrtc")
+            (runtime / "openrtc" / path.name).write_text("someone else's")
+        return path
+
+    path = run_loop(main())
+    assert not list((runtime / "moved").iterdir())  # socket and ledger gone from where they were made
+    assert (runtime / "openrtc" / path.name).read_text() == "someone else's"
 
 
 def test_created_with_mode_0700(tmp_path: Path) -> None:

@@ -83,3 +83,17 @@ def test_reply_shapes() -> None:
         "ok": False,
         "error": {"code": "bad", "message": "why", "cap": "x"},
     }
+
+
+def test_a_frame_nested_too_deeply_says_so() -> None:
+    body = b"\x91" * 100_000 + b"\xc0"  # a list in a list in a list..., 100,000 deep
+    (frame,) = FrameDecoder(1 << 20).feed(struct.pack(">I", len(body)) + body)
+    assert isinstance(frame, ProtocolError)
+    assert str(frame) == "frame is not valid msgpack: nested too deeply"
+
+
+def test_pop_takes_one_frame_and_leaves_the_rest_undecoded() -> None:
+    decoder = FrameDecoder(1 << 20)
+    decoder.push(encode_frame({"a": 1}) + encode_frame({"b": 2})[:3])
+    assert decoder.pop() == {"a": 1}
+    assert decoder.pop() is None and decoder.pending == 3

@@ -414,3 +414,29 @@ def test_embedded_in_a_real_http_server(run_loop: Any) -> None:
     assert started == 20
     assert sorted(int(b.split()[1].rsplit("/", 1)[1]) for b in bodies) == list(range(20))
     assert len({b.split()[0] for b in bodies}) == 20  # one session per request
+
+
+def test_refusals_are_counted_by_reason_and_logged_at_a_bounded_rate(
+    run_loop: Any, caplog: pytest.LogCaptureFixture, sock_home: Path
+) -> None:
+    async def main() -> dict[str, Any]:
+        async with AgentPool(max_sessions=1) as pool:
+            pool.add("a", sleeper)
+            await pool.start_session("a")
+            for _ in range(1000):
+                with pytest.raises(SessionRefused):
+                    await pool.start_session("a")
+            assert pool._daemon is not None
+            snap: dict[str, Any] = pool._daemon.snapshot()
+            await pool.drain(0)
+            with pytest.raises(SessionRefused):
+                await pool.start_session("a")
+            return {"counts": dict(pool.sessions_refused), "snapshot": snap}
+
+    with caplog.at_level(logging.WARNING, logger="openrtc.pool"):
+        out = run_loop(main())
+    assert out["counts"] == {"max_sessions": 1000, "draining": 1}
+    assert out["snapshot"]["worker"]["sessions_refused"] == {"max_sessions": 1000}
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("refused a session")]
+    assert lines[0].startswith("refused a session (max_sessions): ")  # the first one is said at once
+    assert len(lines) == 2 and lines[1].startswith("refused a session (draining)")  # not 1,001 lines

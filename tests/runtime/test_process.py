@@ -88,6 +88,19 @@ async def entrypoint(session):
         blob[i] = 1  # touch every page: real RSS
     await asyncio.sleep(3600)
 """,
+    "grower": """\
+import asyncio
+
+async def entrypoint(session):
+    chunks = []
+    for i in range(100):  # 10 MB every 50 ms: 200 MB/s, up to 1 GB
+        chunk = bytearray(10 * 1024 * 1024)
+        for j in range(0, len(chunk), 4096):
+            chunk[j] = 1
+        chunks.append(chunk)
+        session.log.info("holding %d MB", 10 * len(chunks))
+        await asyncio.sleep(0.05)
+""",
     "burner": """\
 import asyncio, time
 
@@ -225,7 +238,7 @@ def test_memory_limit_is_per_session_process(
             big = await pool.start_session("hog", metadata={"mb": 300})
             await asyncio.wait_for(big, 15)
             await wait_until(lambda: small.session.child is not None and small.session.child.rss_mb > 80, 10)
-            snapshot = build_snapshot(pool, pool._monitor, 0, None)  # type: ignore[arg-type]
+            snapshot = build_snapshot(pool, pool._monitor)  # type: ignore[arg-type]
             return {"big": big.session, "small": small.session, "snapshot": snapshot}
 
     out = asyncio.run(main())
@@ -238,13 +251,35 @@ def test_memory_limit_is_per_session_process(
     assert row["pid"] == out["small"].pid and 80 < row["mem_mb"] < 150 and row["peak_mb"] >= row["mem_mb"]
 
 
+def test_a_fast_allocator_is_stopped_close_to_the_limit(
+    agents: Path, sock_home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """RSS is read every 50 ms once a child passes half its limit: a child growing at 200 MB/s is
+    killed within a few chunks of the limit, not a second's worth (200 MB) past it."""
+
+    async def main() -> Any:
+        async with process_pool(agents, sock_home, memory_limit_mb=150) as pool:
+            handle = await pool.start_session("grower")
+            await asyncio.wait_for(handle, 20)
+            return handle.session
+
+    with caplog.at_level(logging.INFO):
+        session = asyncio.run(main())
+    assert (session.state, session.reason) == (SessionState.FAILED, "memory_limit")
+    held = [int(r.getMessage().split()[1]) for r in caplog.records if r.getMessage().startswith("holding ")]
+    # The child's RSS is its allocations plus the template's baseline (about 25 MB), so the limit
+    # falls at about 125 MB held; 200 MB/s for a whole second would have reached 300 MB or more.
+    assert held and max(held) <= 150 + 20, held
+    assert session.child.peak_mb < 150 + 30
+
+
 def test_snapshot_rows_carry_the_childs_pid_and_cpu(agents: Path, sock_home: Path) -> None:
     async def main() -> dict[str, Any]:
         async with process_pool(agents, sock_home) as pool:
             burner = await pool.start_session("burner")
             idle = await pool.start_session("polite")
             await asyncio.sleep(3.5)
-            snapshot = build_snapshot(pool, pool._monitor, 0, None)  # type: ignore[arg-type]
+            snapshot = build_snapshot(pool, pool._monitor)  # type: ignore[arg-type]
             return {"snapshot": snapshot, "burner": burner.id, "idle": idle.id}
 
     out = asyncio.run(main())
