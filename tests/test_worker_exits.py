@@ -44,6 +44,16 @@ async def entrypoint(session):
     await asyncio.sleep(0.05)
     time.sleep(30)  # STUCK
 """
+SELF_TERM = """\
+import asyncio
+import os
+import signal
+
+async def entrypoint(session):
+    await asyncio.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGTERM)  # the handler runs here, inside this session's code
+    await asyncio.sleep(0.1)
+"""
 EXITER = """\
 import asyncio
 import os
@@ -69,6 +79,7 @@ def agents(agents_dir: Path) -> Path:
     for name, source in {"polite": POLITE, "deaf": DEAF, "stopper": STOPPER, "sleeper": SLEEPER}.items():
         write_agent(agents_dir, name, source)
     write_agent(agents_dir, "exiter", EXITER)
+    write_agent(agents_dir, "self_term", SELF_TERM)
     return agents_dir
 
 
@@ -86,6 +97,20 @@ def test_each_drain_signal_drains_and_every_session_gets_its_end_line(
     assert all(lines[i].startswith("session ended") for i in polite)
     assert all(lines[i].startswith("session cancelled reason=drain_timeout") for i in deaf)
     assert not worker.socket.exists() and not list(worker.socket.parent.glob("*.sessions"))
+
+
+def test_a_signal_that_lands_inside_a_session_still_drains_the_worker(
+    agents: Path, sock_home: Path, workers: list[Worker]
+) -> None:
+    """The drain must not belong to the session the signal interrupted (it would be cancelled with it)."""
+    worker = Worker("start", agents, sock_home, "--drain-timeout", "2")
+    workers.append(worker)
+    worker.ready()
+    polite = worker.dispatch("polite").stdout.strip()
+    (culprit,) = worker.dispatch("self_term").stdout.split()
+    assert worker.proc.wait(20) == 0, worker.log_path.read_text()
+    lines = ends(worker)
+    assert lines[culprit].startswith("session ended") and lines[polite].startswith("session ended")
 
 
 def test_sigquit_stops_at_once_and_a_second_signal_cuts_the_drain_short(

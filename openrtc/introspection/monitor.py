@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import collections
+import contextlib
 import gc
 import logging
 import os
@@ -94,6 +95,24 @@ def runs_in(frame: FrameType | None, coro: Any) -> bool:
     return False
 
 
+class _Every:
+    """Lets one event of a kind through per period, counting the ones held back."""
+
+    def __init__(self, period_s: float) -> None:
+        self._period = period_s
+        self._last = -period_s
+        self._held = 0
+
+    def due(self) -> int | None:
+        """None when this one is held back; else how many were held back since the last."""
+        now = time.perf_counter()
+        if now - self._last < self._period:
+            self._held += 1
+            return None
+        held, self._last, self._held = self._held, now, 0
+        return held
+
+
 def _thread_cpu_s(ident: int) -> float:
     try:
         return time.clock_gettime(time.pthread_getcpuclockid(ident))
@@ -145,8 +164,8 @@ class Monitor:
         self.other_thread_wants_gil: Callable[[], bool] | None = None
         """Set by the daemon: true while the socket server has a request it could not finish."""
         self.handovers = 0
-        self._overload_logged_at = -OVERLOAD_LOG_EVERY_S
-        self._overloads_unlogged = 0
+        self._overload_log = _Every(OVERLOAD_LOG_EVERY_S)
+        self._paused_log = _Every(OVERLOAD_LOG_EVERY_S)
         self._loop: asyncio.AbstractEventLoop | None = None
         # tick state (written by the watchdog thread)
         self.tick_times: list[float] = [0.0] * RING
@@ -167,6 +186,9 @@ class Monitor:
         """Held while the watchdog runs: its timed wait on it is its sleep, and `close` ends it."""
         self._loop_thread_id = 0
         self._other_threads: Callable[[], list[int]] = list
+        self._sched_fds: list[int] = []
+        self.cpu_waits: collections.deque[tuple[float, float]] = collections.deque(maxlen=128)
+        """(perf_counter, the loop thread's run-queue wait in s) at each look of the watchdog."""
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -175,6 +197,7 @@ class Monitor:
         self._loop = loop
         self._loop_thread_id = threading.get_ident()
         self._other_threads = other_threads
+        self._open_schedstat()
         self.last_beat = perf_counter()
         now, cpu = time.perf_counter(), os.times()
         self.tick_times[:] = [now] * RING
@@ -186,6 +209,7 @@ class Monitor:
         self._thread.start()
 
     def close(self) -> None:
+        self._close_schedstat()
         if self._on_gc in gc.callbacks:
             gc.callbacks.remove(self._on_gc)
         self._stop.set()
@@ -263,31 +287,69 @@ class Monitor:
         self.blocks.append(block)
 
     def _log_overload(self, late: float, where: str) -> None:
-        now = time.perf_counter()
-        if now - self._overload_logged_at < OVERLOAD_LOG_EVERY_S:
-            self._overloads_unlogged += 1
-            return
-        more = self._overloads_unlogged
-        self._overload_logged_at, self._overloads_unlogged = now, 0
-        since = f" ({more} more late heartbeats since the last such line)" if more else ""
-        log.warning("[overload] event loop %.0fms late: %s%s", late * 1000, where, since)
+        more = self._overload_log.due()
+        if more is not None:
+            since = f" ({more} more late heartbeats since the last such line)" if more else ""
+            log.warning("[overload] event loop %.0fms late: %s%s", late * 1000, where, since)
 
-    def _record_paused(self, own: float, capture: Capture) -> None:
-        where = "(loop thread paused outside session code: OS scheduling or another thread held the GIL)"
-        at = time.time() - (perf_counter() - capture.start)
-        self.blocks.append(
-            Block(
-                None,
-                None,
-                round(own * 1000, 1),
-                at,
-                where,
-                _stack_text(capture.stack),
-                False,
-                "outside",
-            )
+    def _record_paused(
+        self, own: float, start: float, stack: list[FrameInfo], where: str | None = None
+    ) -> None:
+        where = (
+            where or "(loop thread paused outside session code: OS scheduling or another thread held the GIL)"
         )
-        log.warning("[slow-loop] event loop held %.0fms %s", own * 1000, where)
+        at = time.time() - (perf_counter() - start)
+        self.blocks.append(
+            Block(None, None, round(own * 1000, 1), at, where, _stack_text(stack), False, "outside")
+        )
+        more = self._paused_log.due()  # an overloaded machine pauses every step: say it, not each one
+        if more is not None:
+            since = f" ({more} more such steps since the last such line)" if more else ""
+            log.warning("[slow-loop] event loop held %.0fms %s%s", own * 1000, where, since)
+
+    # -- run-queue waits of the loop thread (Linux) ---------------------------------------------
+
+    def _open_schedstat(self) -> None:
+        """The calling thread's scheduler statistics (how long it waited, runnable, for a CPU): the
+        loop thread's, and the watchdog's (preempted while it holds the GIL, it stalls the loop too)."""
+        try:
+            path = f"/proc/self/task/{threading.get_native_id()}/schedstat"
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return
+        self._sched_fds.append(fd)
+        wait = self._cpu_wait_s()
+        if wait is None:
+            self._close_schedstat()
+        else:  # a baseline: a step may be long before the watchdog's first look
+            self.cpu_waits.append((perf_counter(), wait))
+
+    def _close_schedstat(self) -> None:
+        for fd in self._sched_fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._sched_fds = []
+
+    def _cpu_wait_s(self) -> float | None:
+        """Seconds the loop and watchdog threads have spent runnable but not running (None off Linux)."""
+        total = 0.0
+        try:
+            for fd in tuple(self._sched_fds):
+                total += int(os.pread(fd, 128, 0).split()[1]) / 1e9
+        except (OSError, ValueError, IndexError):
+            return None
+        return total if self._sched_fds else None
+
+    def _waited_during(self, start: float) -> float:
+        """How long the loop thread waited for a CPU since `start` (at most: from the watchdog's last
+        reading before it), 0 when unknown."""
+        now = self._cpu_wait_s()
+        if now is None:
+            return 0.0
+        for at, wait in reversed(list(self.cpu_waits)):  # a copy: the watchdog appends meanwhile
+            if at <= start:
+                return max(0.0, now - wait)
+        return 0.0
 
     def _on_gc(self, phase: str, info: dict[str, int]) -> None:
         # Kept tiny: it runs on every collection. Only the loop thread's collections are timed: between
@@ -339,7 +401,18 @@ class Monitor:
         capture = self._capture
         same = capture is not None and capture.step is step and capture.start == start
         if same and capture is not None and not capture.in_session:
-            self._record_paused(own, capture)
+            self._record_paused(own, capture.start, capture.stack)
+            return
+        waited = self._waited_during(start)
+        if own - waited <= self.threshold_s:
+            # The thread was runnable but had no CPU for most of the step (an overloaded machine, CPU
+            # throttling): what the session's code itself took is under the threshold.
+            stack = capture.stack if same and capture is not None else []
+            where = (
+                f"(loop thread waited {waited * 1000:.0f} ms for a CPU during the step: the machine was "
+                "overloaded, not the session)"
+            )
+            self._record_paused(own, start, stack, where)
             return
         dirs = self._own_dirs(session.agent)
         if same and capture is not None:
@@ -382,6 +455,7 @@ class Monitor:
     def _run(self) -> None:
         # One C call per wait (a timed lock acquire), not Event.wait's Python-level condition: each
         # bytecode here runs while a busy loop waits for the GIL.
+        self._open_schedstat()
         stopped = self._wake.acquire
         next_tick = time.perf_counter() + TICK_S
         delay = MIN_GAP_S
@@ -405,6 +479,9 @@ class Monitor:
     def _poll(self) -> float:
         """Look at the loop once; returns when to look next (`perf_counter`)."""
         now = perf_counter()
+        wait = self._cpu_wait_s()
+        if wait is not None:
+            self.cpu_waits.append((now, wait))
         threshold = self.threshold_s
         latest = now + threshold  # a step starting right now could cross the threshold by then
         clock = self.clock

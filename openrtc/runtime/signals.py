@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import os
 import select
@@ -62,7 +63,9 @@ def capture_signals(
         if on_arrival is not None:
             on_arrival(signum)
         with contextlib.suppress(RuntimeError):  # the loop is closed: the worker is exiting anyway
-            loop.call_soon_threadsafe(on_signal, signum)
+            # A fresh context: the handler interrupts whatever runs, maybe a session's code, whose
+            # context would make the drain one of that session's tasks (cancelled when it ends).
+            loop.call_soon_threadsafe(on_signal, signum, context=contextvars.Context())
 
     previous: dict[signal.Signals, object] = {}
     try:
