@@ -41,8 +41,8 @@ def run(loop_kind: str, coro: Any) -> Any:
 
 
 def snapshot(pool: AgentPool) -> dict[str, Any]:
-    assert pool._daemon is not None
-    return pool._daemon.snapshot()
+    assert pool.introspection is not None
+    return pool.introspection.snapshot()
 
 
 # -- 1. accuracy ------------------------------------------------------------------------------------
@@ -206,13 +206,14 @@ def stalls(loop_kind: str, repeats: int) -> dict[str, Any]:
                 await pool.start_session("healthy")
             out = {}
             for kind in ("sleep", "python", "hashlib", "regex", "json"):
-                before = len(pool._monitor.blocks) if pool._monitor else 0
+                monitor = pool.introspection.monitor if pool.introspection else None
+                before = len(monitor.blocks) if monitor else 0
                 handles = []
                 for _ in range(repeats):
                     handle = await pool.start_session("stalling", metadata={"kind": kind, "data": data})
                     await handle
                     handles.append(handle)
-                blocks = list(pool._monitor.blocks)[before:] if pool._monitor else []
+                blocks = list(monitor.blocks)[before:] if monitor else []
                 session_blocks = [b for b in blocks if b.kind == "session"]
                 by_id = {b.session_id: b for b in session_blocks}
                 line = f"{Path(__file__).name}:{_line(kind)} in stalling"

@@ -5,6 +5,7 @@ from openrtc.errors import (
     ConfigError,
     OpenRTCError,
     ProtocolError,
+    RefusalReason,
     RemoteError,
     SchemaVersionError,
     SessionRefused,
@@ -13,8 +14,9 @@ from openrtc.errors import (
     WorkerNotFound,
     WorkerUnresponsive,
 )
+from openrtc.pool import AgentPool
 from openrtc.runtime.agent import Agent
-from openrtc.runtime.pool import AgentPool
+from openrtc.runtime.hooks import Hook
 from openrtc.runtime.session import Session, SessionHandle, SessionState
 
 __version__ = "0.1.0"
@@ -24,8 +26,10 @@ __all__ = [
     "AgentLoadError",
     "AgentPool",
     "ConfigError",
+    "Hook",
     "OpenRTCError",
     "ProtocolError",
+    "RefusalReason",
     "RemoteError",
     "SchemaVersionError",
     "Session",

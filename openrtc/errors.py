@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import enum
+
 
 class OpenRTCError(Exception):
     """Base class of every error openrtc raises on purpose."""
@@ -35,16 +37,48 @@ class UnknownAgentError(OpenRTCError, LookupError):
         super().__init__(f"unknown agent {name!r}; known agents: {listing}")
 
 
+class RefusalReason(enum.StrEnum):
+    """Why a session was refused."""
+
+    MAX_SESSIONS = "max_sessions"
+    MAX_SESSIONS_PER_AGENT = "max_sessions_per_agent"
+    MAX_SESSIONS_PER_TENANT = "max_sessions_per_tenant"
+    MEMORY_LIMIT = "memory_limit"
+    DRAINING = "draining"
+    NOT_RUNNING = "not_running"
+    PREWARM_FAILED = "prewarm_failed"
+    DUPLICATE = "duplicate"
+    """A session with that id is already running here."""
+
+
+CAPS = frozenset(
+    {
+        RefusalReason.MAX_SESSIONS,
+        RefusalReason.MAX_SESSIONS_PER_AGENT,
+        RefusalReason.MAX_SESSIONS_PER_TENANT,
+        RefusalReason.MEMORY_LIMIT,
+    }
+)
+
+
 class SessionRefused(OpenRTCError):
-    """Raised when the pool refuses a new session: a cap is reached, memory is over the limit, or it drains.
+    """Raised when the pool refuses a new session: a cap is reached, memory is over the limit, it drains,
+    or the agent's prewarm failed. `reason` (a `RefusalReason`) says which."""
 
-    `cap` names the reason: `max_sessions`, `max_sessions_per_agent`, `max_sessions_per_tenant`,
-    `memory_limit`, `draining` or `not_running`.
-    """
-
-    def __init__(self, cap: str, message: str) -> None:
-        self.cap = cap
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = RefusalReason(reason)
         super().__init__(message)
+
+    @property
+    def cap(self) -> str:
+        """The reason's value: the name this attribute had before `reason`, kept so existing callers go
+        on working (not every reason is a cap: `is_cap` tells)."""
+        return self.reason.value
+
+    @property
+    def is_cap(self) -> bool:
+        """True when a cap refused it (`max_sessions...`, `memory_limit`), not the worker's state."""
+        return self.reason in CAPS
 
 
 class SocketError(OpenRTCError):

@@ -10,8 +10,10 @@ EXPECTED = {
     "AgentLoadError",
     "AgentPool",
     "ConfigError",
+    "Hook",
     "OpenRTCError",
     "ProtocolError",
+    "RefusalReason",
     "RemoteError",
     "SchemaVersionError",
     "Session",
@@ -38,6 +40,7 @@ def test_public_names_resolve() -> None:
 def test_public_module_attributes_are_exactly_all() -> None:
     public = {n for n in vars(openrtc) if not n.startswith("_")} - {
         "errors",
+        "pool",
         "runtime",
         "introspection",
         "top",

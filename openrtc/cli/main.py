@@ -244,8 +244,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run_worker(parser: argparse.ArgumentParser, args: argparse.Namespace, reload: bool) -> int:
     from openrtc.cli.logs import configure_logging
+    from openrtc.pool import AgentPool
     from openrtc.runtime.loops import loop_factory
-    from openrtc.runtime.pool import AgentPool, run_worker_loop
+    from openrtc.runtime.pool import run_worker_loop
     from openrtc.runtime.reload import Reloader
 
     configure_logging(args.log_level, args.log_format)

@@ -1,24 +1,22 @@
-"""The introspection daemon: the socket server thread and the monitor (watchdog thread + heartbeat).
+"""The worker's socket: one front end on the pool's control side, serving the ops from its own thread.
 
-It reads the pool only through values that are safe to read from another thread (ints, tuples that
-are replaced whole, containers copied in one C call) and reaches the event loop only with
-`run_coroutine_threadsafe` / `call_soon_threadsafe`.
+It reads the pool only through its `PoolView` and acts on it only through its `PoolControl`, so it
+answers while the event loop is blocked and never touches the loop's objects itself.
 """
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import contextlib
 import logging
 import os
-import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from openrtc.errors import OpenRTCError, SessionRefused, UnknownAgentError
+from openrtc.errors import SessionRefused, UnknownAgentError
 from openrtc.introspection.ledger import SUFFIX as LEDGER_SUFFIX
 from openrtc.introspection.ledger import LedgerWriter, report_and_clear
 from openrtc.introspection.monitor import Monitor
@@ -26,10 +24,9 @@ from openrtc.introspection.paths import bind_worker_socket, ensure_private_dir, 
 from openrtc.introspection.server import Respond, Server
 from openrtc.introspection.snapshot import build_snapshot
 from openrtc.introspection.wire import PROTOCOL_VERSION, encode_frame, error_reply, ok_reply
-from openrtc.runtime.loops import loop_name
-
-if TYPE_CHECKING:
-    from openrtc.runtime.pool import AgentPool
+from openrtc.runtime.control import PoolControl, Started
+from openrtc.runtime.session import Session
+from openrtc.runtime.view import PoolView
 
 log = logging.getLogger("openrtc.daemon")
 
@@ -43,28 +40,37 @@ SNAPSHOT_REUSE_S = 0.2
 class Daemon:
     """Binds the socket and serves the ops on one thread; the monitor watches the loop from another."""
 
-    def __init__(self, pool: AgentPool, loop: asyncio.AbstractEventLoop, monitor: Monitor) -> None:
-        self._pool = pool
-        self._loop = loop
+    def __init__(
+        self,
+        view: PoolView,
+        monitor: Monitor,
+        ended: Callable[[], list[Session]],
+        socket_path: Path | None = None,
+    ) -> None:
+        assert view.control is not None
+        self._view = view
+        self._control: PoolControl = view.control
         self.monitor = monitor
+        self._ended = ended
+        self._chosen_path = socket_path is not None
+        self.socket_path: Path = (
+            socket_path if socket_path is not None else socket_dir() / f"{os.getpid()}.sock"
+        )
         self._thread: threading.Thread | None = None
         self._server: Server | None = None
-        self._listener: socket.socket | None = None
+        self._listener: Any = None
         self._inode: int | None = None
         self._dir_fd: int | None = None
         """The socket's folder, held open: the socket and the ledger are removed from the folder they
         were made in, even if someone renamed it meanwhile."""
         self.ledger: LedgerWriter | None = None
-        path = pool.config.socket_path
-        self.socket_path: Path = path if path is not None else socket_dir() / f"{os.getpid()}.sock"
-        self._hostname = socket.gethostname()
         self._snapshot_cache: tuple[float, bytes] | None = None
 
     def start(self) -> None:
         if self._thread is not None:
             raise RuntimeError("daemon already started")
         folder = self.socket_path.parent
-        if self._pool.config.socket_path is None:
+        if not self._chosen_path:
             ensure_private_dir(folder)
         report_and_clear(folder)  # the sessions of workers that died here without draining
         self._dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
@@ -86,7 +92,7 @@ class Daemon:
         self._thread.start()
         server_thread = self._thread
         self.monitor.other_thread_wants_gil = self._server.wants_gil
-        self.monitor.start(self._loop, lambda: [server_thread.ident] if server_thread.ident else [])
+        self.monitor.start(self._view.loop, lambda: [server_thread.ident] if server_thread.ident else [])
 
     def _on_wake(self) -> None:
         if self.ledger is not None:
@@ -135,32 +141,14 @@ class Daemon:
         return self._server.stats.errors if self._server is not None else 0
 
     def snapshot(self) -> dict[str, Any]:
-        return build_snapshot(self._pool, self.monitor, self._server.stats if self._server else None)
+        stats = self._server.stats if self._server is not None else None
+        return build_snapshot(self._view, self.monitor, self._ended(), stats)
 
     # -- ops (run on the daemon thread) ---------------------------------------------------------
 
     def _op_hello(self, request: dict[str, Any], respond: Respond) -> None:
-        pool = self._pool
-        respond(
-            ok_reply(
-                {
-                    "protocol": PROTOCOL_VERSION,
-                    "worker_id": pool.worker_id,
-                    "pid": os.getpid(),
-                    "hostname": self._hostname,
-                    "started_at": pool.started_at,
-                    "isolation": pool.config.isolation,
-                    "loop": loop_name(self._loop),
-                    "step_timer": self.monitor.timer.name,
-                    "agents": list(pool.agent_names),
-                    "sessions_active": pool.sessions_active,
-                    "sessions_started": pool.sessions_started,
-                    "sessions_failed": pool.sessions_failed,
-                    "max_sessions": pool.config.limits.max_sessions,
-                    "draining": pool.state != "running",
-                }
-            )
-        )
+        facts = self._view.facts().as_dict()
+        respond(ok_reply({"protocol": PROTOCOL_VERSION, "step_timer": self.monitor.timer.name, **facts}))
 
     def _op_snapshot(self, request: dict[str, Any], respond: Respond) -> None:
         # Runs on the server thread only: the cache needs no lock.
@@ -186,59 +174,64 @@ class Daemon:
             respond(error_reply("bad_request", problem))
             return
         assert isinstance(agent, str) and isinstance(count, int)
-        self._on_loop(self._dispatch(agent, tenant, metadata or {}, count), respond)
-
-    async def _dispatch(
-        self, agent: str, tenant: str | None, metadata: dict[str, Any], count: int
-    ) -> dict[str, Any]:
-        started: list[str] = []
         try:
-            for _ in range(count):
-                handle = await self._pool.start_session(agent, tenant=tenant, metadata=metadata)
-                started.append(handle.id)
-        except UnknownAgentError as exc:
-            return error_reply("unknown_agent", str(exc), agents=exc.known)
-        except SessionRefused as exc:
-            return error_reply("refused", str(exc), cap=exc.cap, started=started)
-        return ok_reply({"session_ids": started})
+            future = self._control.start_sessions(agent, tenant=tenant, metadata=metadata or {}, count=count)
+        except RuntimeError:
+            respond(error_reply("not_running", "the worker's event loop is closed"))
+            return
+
+        def done(fut: concurrent.futures.Future[Started]) -> None:
+            respond(_reply(fut, _dispatched))
+
+        future.add_done_callback(done)
 
     def _op_cancel(self, request: dict[str, Any], respond: Respond) -> None:
         session_id, reason = request.get("session_id"), request.get("reason", "cancelled_by_user")
         if not isinstance(session_id, str) or not isinstance(reason, str):
             respond(error_reply("bad_request", "'session_id' (and 'reason', if given) must be strings"))
             return
+        try:
+            future = self._control.cancel(session_id, reason)
+        except RuntimeError:
+            respond(error_reply("not_running", "the worker's event loop is closed"))
+            return
 
-        async def cancel() -> dict[str, Any]:
-            if self._pool.cancel(session_id, reason):
+        def cancelled(found: bool) -> dict[str, Any]:
+            if found:
                 return ok_reply({"cancelled": session_id})
             return error_reply("not_found", f"no active session {session_id!r}")
 
-        self._on_loop(cancel(), respond)
+        future.add_done_callback(lambda fut: respond(_reply(fut, cancelled)))
 
     def _op_drain(self, request: dict[str, Any], respond: Respond) -> None:
         try:
-            self._loop.call_soon_threadsafe(self._pool.request_drain)
+            self._control.drain()
         except RuntimeError:
             respond(error_reply("not_running", "the worker's event loop is closed"))
             return
-        respond(ok_reply({"draining": True, "timeout_s": self._pool.config.drain_timeout_s}))
+        respond(ok_reply({"draining": True, "timeout_s": self._view.config.drain_timeout_s}))
 
-    def _on_loop(self, coro: Any, respond: Respond) -> None:
-        """Run `coro` on the event loop; its result (a reply) goes back when the loop gets to it."""
-        try:
-            future = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        except RuntimeError:
-            coro.close()
-            respond(error_reply("not_running", "the worker's event loop is closed"))
-            return
 
-        def done(fut: concurrent.futures.Future[dict[str, Any]]) -> None:
-            if fut.cancelled():
-                respond(error_reply("not_running", "the worker stopped before answering"))
-            elif (exc := fut.exception()) is not None:
-                code = "refused" if isinstance(exc, OpenRTCError) else "internal"
-                respond(error_reply(code, f"{type(exc).__name__}: {exc}"))
-            else:
-                respond(fut.result())
+def _dispatched(started: Started) -> dict[str, Any]:
+    error = started.error
+    if isinstance(error, UnknownAgentError):
+        return error_reply("unknown_agent", str(error), agents=error.known)
+    if isinstance(error, SessionRefused):
+        return error_reply(
+            "refused",
+            str(error),
+            reason=error.reason.value,
+            cap=error.reason.value,
+            started=started.session_ids,
+        )
+    return ok_reply({"session_ids": started.session_ids})
 
-        future.add_done_callback(done)
+
+def _reply(future: concurrent.futures.Future[Any], make: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+    """The reply for a control call's outcome (an error reply when it did not complete)."""
+    if future.cancelled():
+        return error_reply("not_running", "the worker stopped before answering")
+    exc = future.exception()
+    if exc is not None:
+        return error_reply("internal", f"{type(exc).__name__}: {exc}")
+    return make(future.result())

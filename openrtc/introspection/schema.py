@@ -76,6 +76,10 @@ class IntrospectionInfo:
     the loop thread is not included: it is measured by the overhead benchmark)."""
     socket: SocketInfo | None = None
     """The socket server's own figures."""
+    slow_for_s: float = 5.0
+    """How long a session stays `slow` after a block."""
+    blocks_kept: int = 100
+    """How many blocks the worker keeps (the snapshot's `blocks`)."""
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Building a snapshot from the pool and the monitor. The arithmetic is pure; reading is thread-safe.
+"""Building a snapshot from the pool's view and the monitor. The arithmetic is pure; reading is
+thread-safe.
 
 Runs on the server thread: it reads only values the loop thread publishes whole (ints, floats,
 tuples, objects replaced rather than mutated) and copies containers with one C-level call.
@@ -7,16 +8,13 @@ tuples, objects replaced rather than mutated) and copies containers with one C-l
 from __future__ import annotations
 
 import os
-import platform
-import socket
 import time
 from collections.abc import Sequence
 from time import perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from openrtc.introspection.monitor import SLOW_FOR_S, Monitor
+from openrtc.introspection.monitor import MAX_BLOCKS, SLOW_FOR_S, Monitor
 from openrtc.introspection.schema import (
-    ENDED_KEEP_S,
     SCHEMA_VERSION,
     Block,
     IntrospectionInfo,
@@ -27,15 +25,10 @@ from openrtc.introspection.schema import (
 )
 from openrtc.introspection.server import ServerStats
 from openrtc.introspection.tagging import live_tasks
-from openrtc.runtime.loops import loop_name
+from openrtc.runtime.session import Session
+from openrtc.runtime.view import PoolView
 
-if TYPE_CHECKING:
-    from openrtc.runtime.pool import AgentPool
-    from openrtc.runtime.session import Session
-
-HOSTNAME = socket.gethostname()
 ENDED_STATES = ("ended", "failed", "cancelled")
-PYTHON = platform.python_version()
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -51,8 +44,11 @@ def share_pct(busy_s: float, span_s: float) -> float:
     return max(0.0, min(100.0, busy_s / span_s * 100)) if span_s > 0 else 0.0
 
 
-def build_snapshot(pool: AgentPool, monitor: Monitor, server: ServerStats | None = None) -> dict[str, Any]:
-    """The snapshot in its wire form (what `schema.to_dict` would give for the `Snapshot` it describes).
+def build_snapshot(
+    view: PoolView, monitor: Monitor, ended: list[Session], server: ServerStats | None = None
+) -> dict[str, Any]:
+    """The snapshot in its wire form (what `schema.to_dict` would give for the `Snapshot` it describes):
+    the active sessions, then `ended` (those finished recently).
 
     Session rows are built as dicts directly: this runs on every `snapshot` request, holding the GIL,
     and a dataclass per row doubled its cost. `tests/introspection` checks the keys against `SessionRow`.
@@ -60,33 +56,32 @@ def build_snapshot(pool: AgentPool, monitor: Monitor, server: ServerStats | None
     now_wall = time.time()
     now = time.perf_counter()
     oldest, span = monitor.window()
-    sessions: list[Session] = list(pool.sessions.values())
-    ended: list[Session] = [
-        s for s in list(pool.recently_ended) if s.ended_at and now - s.ended_at <= ENDED_KEEP_S
-    ]
-    rss = monitor.rss_mb
+    sessions = view.sessions()
+    windows = monitor.windows
+    rss = windows.rss_mb
     share = rss / len(sessions) if sessions else 0.0
     ongoing = monitor.ongoing()
     rows = [_row(s, monitor, oldest, span, now, share, active=True) for s in sessions]
     rows += [_row(s, monitor, oldest, span, now, share, active=False) for s in ended]
     _add_step_in_progress(rows, monitor, span, ongoing)
 
-    lags = sorted(lag for at, lag in list(monitor.lags_ms) if now - at <= span)
-    polls = [t for t in list(monitor.polls) if now - t <= span]
+    lags = sorted(lag for at, lag in list(monitor.heartbeat.lags_ms) if now - at <= span)
+    polls = [t for t in list(monitor.watchdog.polls) if now - t <= span]
     cpu_now = os.times()
-    cpu_pct = (cpu_now.user + cpu_now.system - monitor.tick_cpu[oldest]) / span * 100
-    self_cpu = monitor.tick_self_cpu[monitor.tick_index] - monitor.tick_self_cpu[oldest]
-    tick_span = max(1e-9, monitor.tick_times[monitor.tick_index] - monitor.tick_times[oldest])
-    loop = pool.loop
+    cpu_pct = (cpu_now.user + cpu_now.system - windows.tick_cpu[oldest]) / span * 100
+    latest = windows.tick_index
+    self_cpu = windows.tick_self_cpu[latest] - windows.tick_self_cpu[oldest]
+    tick_span = max(1e-9, windows.tick_times[latest] - windows.tick_times[oldest])
+    facts = view.facts()
     worker = WorkerInfo(
-        worker_id=pool.worker_id,
-        pid=os.getpid(),
-        hostname=HOSTNAME,
-        started_at=pool.started_at,
-        uptime_s=round(now_wall - pool.started_at, 3),
-        isolation=pool.config.isolation,
-        loop=loop_name(loop) if loop is not None else "asyncio",
-        python=PYTHON,
+        worker_id=facts.worker_id,
+        pid=facts.pid,
+        hostname=facts.hostname,
+        started_at=facts.started_at,
+        uptime_s=round(now_wall - facts.started_at, 3),
+        isolation=facts.isolation,
+        loop=facts.loop,
+        python=facts.python,
         rss_mb=round(rss, 1),
         cpu_pct=round(max(0.0, cpu_pct), 1),
         loop_lag_ms=LoopLag(
@@ -95,11 +90,11 @@ def build_snapshot(pool: AgentPool, monitor: Monitor, server: ServerStats | None
             round(lags[-1] if lags else 0.0, 2),
         ),
         sessions_active=len(sessions),
-        sessions_started=pool.sessions_started,
-        sessions_failed=pool.sessions_failed,
-        max_sessions=pool.config.limits.max_sessions,
-        draining=pool.state != "running",
-        memory_limit_mb=pool.config.memory.limit_mb,
+        sessions_started=facts.sessions_started,
+        sessions_failed=facts.sessions_failed,
+        max_sessions=facts.max_sessions,
+        draining=facts.draining,
+        memory_limit_mb=facts.memory_limit_mb,
         introspection=IntrospectionInfo(
             enabled=True,
             window_s=round(span, 3),
@@ -109,8 +104,10 @@ def build_snapshot(pool: AgentPool, monitor: Monitor, server: ServerStats | None
             last_error=monitor.last_error or (server.last_error if server else None),
             cost_pct=round(self_cpu / tick_span * 100, 2),
             socket=_socket_info(server),
+            slow_for_s=SLOW_FOR_S,
+            blocks_kept=MAX_BLOCKS,
         ),
-        sessions_refused=dict(pool.sessions_refused),
+        sessions_refused=facts.sessions_refused,
     )
     blocks = list(monitor.blocks)
     if ongoing is not None:
@@ -168,7 +165,7 @@ def _row(
     session: Session, monitor: Monitor, oldest: int, span: float, now: float, share: float, active: bool
 ) -> dict[str, Any]:
     stats = session.stats
-    child = session.child
+    child = session.process
     duration = (now if active else session.ended_at or now) - session.started_mono
     if child is not None:  # its own process: the OS's figures, not the worker loop's
         cpu = child.cpu_pct(span, now) if active else 0.0

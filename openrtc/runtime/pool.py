@@ -1,9 +1,13 @@
-"""AgentPool: runs sessions of many agents as tagged tasks on one event loop, and drains them."""
+"""The runtime's pool: runs sessions of many agents on one event loop, caps them and drains them.
+
+It knows agents, sessions, caps, memory thresholds, the drain and the signals; it runs each session
+through a runner (`runners`: in the loop, or in a process of its own) and tells its hooks (`hooks`)
+what happens. It imports none of its plug-ins: `openrtc.AgentPool` composes it with introspection.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import contextvars
 import logging
@@ -12,20 +16,22 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine, Mapping
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any
 
-from openrtc.errors import ConfigError, OpenRTCError, SessionRefused, UnknownAgentError
-from openrtc.introspection.schema import ENDED_KEEP_S
+from openrtc.errors import AgentLoadError, ConfigError, OpenRTCError, SessionRefused, UnknownAgentError
 from openrtc.runtime.admission import Limits, check_admission
 from openrtc.runtime.agent import AgentSpec, make_spec
 from openrtc.runtime.config import PoolConfig
+from openrtc.runtime.control import PoolControl
 from openrtc.runtime.discovery import Discovery, discover
+from openrtc.runtime.hooks import Hook, Hooks
 from openrtc.runtime.loops import loop_factory
 from openrtc.runtime.memory import MemoryEvent, MemoryGuard, MemoryThresholds, process_rss_mb
+from openrtc.runtime.runners import SessionRunner, make_runner
 from openrtc.runtime.session import (
     Session,
+    SessionFailed,
     SessionHandle,
     SessionState,
     cancel_session,
@@ -40,12 +46,7 @@ from openrtc.runtime.signals import (
     capture_signals,
     loop_thread_position,
 )
-
-if TYPE_CHECKING:
-    from openrtc.introspection.daemon import Daemon
-    from openrtc.introspection.monitor import Monitor
-    from openrtc.introspection.tagging import TaskTagger
-    from openrtc.runtime.process import TemplateClient
+from openrtc.runtime.view import PoolView
 
 log = logging.getLogger("openrtc.pool")
 
@@ -55,9 +56,6 @@ LEFTOVER_GRACE_S = 1.0
 """After the drain, how long tasks still alive (stray tasks, sessions already abandoned) get to end."""
 REFUSAL_LOG_EVERY_S = 5.0
 """Refusals are counted one by one but logged at most this often per reason."""
-RECENTLY_ENDED_MAX = 1000
-"""At most this many finished sessions are remembered for snapshots, and none longer than the
-snapshots show them (`ENDED_KEEP_S`)."""
 
 
 def run_worker_loop(
@@ -100,44 +98,40 @@ def _cancel_leftovers(loop: asyncio.AbstractEventLoop) -> None:
             log.error("%d tasks ignored cancellation; exiting without them", len(stuck))
 
 
-class AgentPool:
-    """Runs agent sessions in this process. Use `run()` (blocking), `serve()`, or `async with`."""
+class Pool:
+    """Runs agent sessions in this process, with the hooks it is given and no others.
+
+    `openrtc.AgentPool` is this pool with openrtc's own plug-ins composed in (introspection); use it.
+    """
 
     def __init__(
         self,
         *,
         isolation: str = "coroutine",
-        enable_introspection: bool = True,
-        slow_session_threshold_ms: float = 50,
         max_sessions: int | None = None,
         max_sessions_per_agent: int | None = None,
         max_sessions_per_tenant: int | None = None,
         memory_warn_mb: float | None = None,
         memory_limit_mb: float | None = None,
         drain_timeout_s: float = 30.0,
-        socket_path: str | os.PathLike[str] | None = None,
+        hooks: Sequence[Hook] = (),
     ) -> None:
         self.config = PoolConfig(
             isolation=isolation,
-            enable_introspection=enable_introspection,
-            slow_session_threshold_ms=slow_session_threshold_ms,
             limits=Limits(max_sessions, max_sessions_per_agent, max_sessions_per_tenant),
             memory=MemoryThresholds(memory_warn_mb, memory_limit_mb),
             drain_timeout_s=drain_timeout_s,
-            socket_path=Path(socket_path) if socket_path is not None else None,
         )
+        self.hooks = Hooks(hooks)
         self.worker_id = os.urandom(6).hex()
         self.started_at = time.time()
-        # In process mode the thresholds apply to each session's process (ChildWatch), not the worker.
-        worker_memory = self.config.memory if isolation != "process" else MemoryThresholds(None, None)
+        self._runner: SessionRunner = make_runner(isolation, memory_warn_mb, memory_limit_mb)
+        # In process mode the thresholds apply to each session's process (the runner), not the worker.
+        worker_memory = self.config.memory if not self._runner.per_session_memory else MemoryThresholds()
         self.memory = MemoryGuard(worker_memory, process_rss_mb)
         self._agents: dict[str, AgentSpec] = {}
         self._origins: dict[str, str] = {}
-        """`module:qualname` of agents added from code, for the template process to import them."""
-        self._template: TemplateClient | None = None
-        self._template_errors: dict[str, str] = {}
-        self._template_loaded: set[str] = set()
-        self._child_watch: asyncio.Task[None] | None = None
+        """`module:qualname` of agents added from code, for a process runner to import them."""
         self.agent_names: tuple[str, ...] = ()
         """Registered agents, republished whole on each change so other threads can read it."""
         self._shared: dict[str, dict[str, Any]] = {}
@@ -149,28 +143,25 @@ class AgentPool:
         self.sessions_started = 0
         self.sessions_failed = 0
         self.sessions_refused: Counter[str] = Counter()
-        """Refused sessions since start, by reason (the `SessionRefused.cap`)."""
+        """Refused sessions since start, by reason (`SessionRefused.reason`)."""
         self._refusals_logged_at: dict[str, float] = {}
         self._refusals_unlogged: Counter[str] = Counter()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._state = "new"  # new -> running -> draining -> closed
+        self._state = "new"  # new -> starting -> running -> draining -> closed
         self._draining: asyncio.Event | None = None
         self._shutdown: asyncio.Event | None = None
         self._drain_task: asyncio.Task[None] | None = None
-        self._tagger: TaskTagger | None = None
-        self._monitor: Monitor | None = None
-        self._daemon: Daemon | None = None
-        self.recently_ended: collections.deque[Session] = collections.deque(maxlen=RECENTLY_ENDED_MAX)
-        """Finished sessions, newest last, for the snapshot's recently-ended rows."""
-        self._prune_timer: asyncio.TimerHandle | None = None
         self._deadline: DrainDeadline | None = None
         self._loop_thread_id = 0
-        self._holder_describers: list[Callable[[], str | None]] = []
-        """Plug-ins that can say which session holds the loop (introspection), asked at the deadline."""
-        self._emergency_cleanups: list[Callable[[], None]] = []
-        self._on_start: list[Callable[[Session], None]] = []
-        self._on_end: list[Callable[[Session], None]] = []
-        """What must happen before a forced exit (remove the socket), run on the deadline's thread."""
+        self.view: PoolView | None = None
+        """The read side, for other threads (from the start)."""
+        self.control: PoolControl | None = None
+        """The thread-safe door, for front ends on other threads (from the start)."""
+
+    @property
+    def hook_errors(self) -> Counter[str]:
+        """Exceptions raised by each hook, by name, since the pool was made."""
+        return self.hooks.errors
 
     # -- agents ---------------------------------------------------------------------------------
 
@@ -203,21 +194,15 @@ class AgentPool:
         return found
 
     async def replace(self, spec: AgentSpec) -> None:
-        """Swap in a new version of an agent (hot reload): prewarm it first, keep the old one on failure.
-
-        Sessions already running keep the code they started with; new sessions get the new version.
-        """
-        if self._state == "running" and self._template is not None:
-            from openrtc.runtime.process import agent_entry
-
-            errors = await self._load_in_template([agent_entry(spec, self._origins.get(spec.name))])
-            if spec.name in errors:
-                raise OpenRTCError(f"agent {spec.name!r} failed in the template process: {errors[spec.name]}")
-            self._prewarmed.add(spec.name)
-        elif self._state == "running":
-            shared: dict[str, Any] = {}
-            if spec.prewarm is not None:
-                await spec.prewarm(shared)  # raises: the caller keeps the old version
+        """Swap in a new version of an agent (hot reload): prewarm it first, keep the old one on failure
+        (raises `AgentLoadError`). Sessions already running keep the code they started with."""
+        if self._state == "running":
+            try:
+                shared = await self._runner.reload(spec, self._origins.get(spec.name))
+            except AgentLoadError:
+                raise
+            except Exception as exc:
+                raise AgentLoadError(spec.source or spec.name, 0, f"prewarm raised {exc!r}") from exc
             self._shared[spec.name] = shared
             self._prewarmed.add(spec.name)
         else:
@@ -244,11 +229,16 @@ class AgentPool:
         except KeyError:
             raise UnknownAgentError(name, list(self.agent_names)) from None
 
+    def code_dirs(self, agent: str) -> tuple[str, ...]:
+        """The folders whose frames count as `agent`'s own code (a stall's blame)."""
+        spec = self._agents.get(agent)
+        return (spec.code_dir,) if spec is not None and spec.code_dir else ()
+
     # -- state ----------------------------------------------------------------------------------
 
     @property
     def state(self) -> str:
-        """`new`, `running`, `draining` or `closed`."""
+        """`new`, `starting`, `running`, `draining` or `closed`."""
         return self._state
 
     @property
@@ -264,14 +254,9 @@ class AgentPool:
     def sessions_active(self) -> int:
         return len(self._sessions)
 
-    @property
-    def socket_path(self) -> Path | None:
-        """Where the worker listens, once started with introspection on."""
-        return self._daemon.socket_path if self._daemon is not None else None
-
     # -- lifecycle ------------------------------------------------------------------------------
 
-    async def __aenter__(self) -> AgentPool:
+    async def __aenter__(self) -> Pool:
         await self.start()
         return self
 
@@ -279,7 +264,7 @@ class AgentPool:
         await self.aclose()
 
     async def start(self) -> None:
-        """Start on the running loop: tagging, prewarm, then the introspection daemon."""
+        """Start on the running loop: the runner, each agent's prewarm, then the hooks."""
         if self._state != "new":
             raise OpenRTCError(f"pool cannot start: it is {self._state}")
         loop = asyncio.get_running_loop()
@@ -287,110 +272,39 @@ class AgentPool:
         self._loop_thread_id = threading.get_ident()
         self._draining = asyncio.Event()
         self._shutdown = asyncio.Event()
-        if self.config.enable_introspection:
-            from openrtc.introspection import timing
-            from openrtc.introspection.monitor import Monitor
-            from openrtc.introspection.tagging import TaskTagger
-
-            sessions = self._sessions
-            self._monitor = Monitor(
-                self.config.slow_session_threshold_ms,
-                lambda: list(sessions.values()),
-                self._own_dirs,
-                process_rss_mb,
-                on_rss=self._on_rss,
-            )
-            self._tagger = TaskTagger(self._monitor.clock)
-            self._tagger.install(loop)
-            if timing.NATIVE is None:
-                log.warning(
-                    "the C step timer was not built (no C compiler when openrtc was installed?): "
-                    "steps are timed in pure Python, about 10x the cost per step"
-                )
-        self._state = "running"
+        self.view = PoolView(self, loop)
+        self.control = PoolControl(self, loop)
+        self.view.control = self.control
+        self._state = "starting"
         try:
-            if self.config.isolation == "process":
-                await self._start_template(loop)
+            agents = [(spec, self._origins.get(spec.name)) for spec in self._agents.values()]
+            await self._runner.start(loop, agents)
             for spec in list(self._agents.values()):
                 try:
                     await self._prewarm(spec)
                 except SessionRefused:
                     continue  # logged; each new session of that agent retries the prewarm
-            if self.config.enable_introspection:
-                from openrtc.introspection.daemon import Daemon
-
-                assert self._monitor is not None
-                self._daemon = Daemon(self, loop, self._monitor)
-                self._daemon.start()
-                ledger = self._daemon.ledger
-                if ledger is not None:
-                    self._on_start.append(lambda s: ledger.started(s.id, s.agent, s.tenant))
-                    self._on_end.append(lambda s: ledger.ended(s.id))
-                self._holder_describers.append(self._daemon.describe_holder)
-                self._emergency_cleanups.append(self._daemon.remove_files)
+            self.hooks.start(self.view)
         except BaseException:
             await self.aclose()
             raise
-        log.info(
-            "worker started pid=%d agents=%s socket=%s",
-            os.getpid(),
-            # Embedded (`async with AgentPool()`), agents are usually added after the start: each is
-            # then logged as it is added.
-            ",".join(self.agent_names) or "(none yet)",
-            self.socket_path or "off",
-        )
-
-    async def _start_template(self, loop: asyncio.AbstractEventLoop) -> None:
-        from openrtc.runtime.process import ChildWatch, TemplateClient, agent_entry
-
-        entries = [agent_entry(spec, self._origins.get(spec.name)) for spec in self._agents.values()]
-        self._template = TemplateClient(loop)
-        await self._load_in_template(entries)
-        memory = self.config.memory
-        watch = ChildWatch(lambda: list(self._sessions.values()), memory.warn_mb, memory.limit_mb)
-        self._child_watch = loop.create_task(watch.run(), name="openrtc-child-watch")
-        log.info("template process %d ready (isolation=process)", self._template.pid)
-
-    async def _load_in_template(self, entries: list[dict[str, Any]]) -> dict[str, str]:
-        assert self._template is not None
-        errors = await self._template.load(entries)
-        for entry in entries:
-            name = entry["name"]
-            if name in errors:
-                self._template_errors[name] = errors[name]
-                self._template_loaded.discard(name)
-                log.error("agent %r not available in process mode: %s", name, errors[name])
-            else:
-                self._template_errors.pop(name, None)
-                self._template_loaded.add(name)
-        return errors
+        self._state = "running"
+        # Embedded (`async with AgentPool()`), agents are usually added after the start: each is then
+        # logged as it is added.
+        log.info("worker started pid=%d agents=%s", os.getpid(), ",".join(self.agent_names) or "(none yet)")
 
     async def aclose(self) -> None:
-        """Drain (if not done yet), then stop the daemon and restore every hook installed."""
+        """Drain (if not done yet), then stop the runner and tell the hooks."""
         if self._state == "closed":
             return
         if self._state in ("running", "draining"):
             await self.drain()
         self._state = "closed"
-        if self._prune_timer is not None:
-            self._prune_timer.cancel()
-            self._prune_timer = None
-        if self._child_watch is not None:
-            self._child_watch.cancel()
-            self._child_watch = None
-        if self._template is not None:
-            await self._template.close()
-            self._template = None
-        if self._daemon is not None:
-            self._daemon.close()
-            self._daemon = None
-        if self._tagger is not None:
-            self._tagger.uninstall()
-            self._tagger = None
-        self._monitor = None
+        await self._runner.close()
+        self.hooks.call("closed")
 
     def run(self, loop: str = "auto") -> None:
-        """Run the worker until SIGTERM/SIGINT or `drain()`, then drain and return."""
+        """Run the worker until a drain signal or `drain()`, then drain and return."""
         run_worker_loop(self.serve(), loop_factory(loop))
 
     async def serve(self) -> None:
@@ -430,8 +344,8 @@ class AgentPool:
 
     def _give_up(self, why: str) -> None:
         """The drain's hard deadline passed (called on the deadline's thread, the loop thread being
-        stuck): write each session's end line, let the plug-ins clean up, exit."""
-        held_by = self._describe_loop_holder()
+        stuck): write each session's end line, let the hooks clean up, exit."""
+        held_by = self.hooks.first("loop_holder") or loop_thread_position(self._loop_thread_id)
         for session in list(self._sessions.values()):
             session.log.error(
                 "session cancelled reason=loop_blocked duration=%.3fs: "
@@ -447,33 +361,19 @@ class AgentPool:
             held_by,
             EXIT_DRAIN_DEADLINE,
         )
-        for cleanup in self._emergency_cleanups:
-            try:
-                cleanup()
-            except Exception:
-                log.exception("clean-up at the drain deadline failed")
+        self.hooks.call("emergency_exit")
         for handler in logging.getLogger().handlers:
             with contextlib.suppress(Exception):
                 handler.flush()
         os._exit(EXIT_DRAIN_DEADLINE)
 
-    def _describe_loop_holder(self) -> str:
-        """Who holds the loop thread now, in words: the best description a plug-in gives, else the
-        innermost frame of the loop thread outside asyncio and openrtc."""
-        for describe in self._holder_describers:
-            try:
-                text = describe()
-            except Exception:
-                log.exception("describing the loop's holder failed")
-                continue
-            if text:
-                return text
-        return loop_thread_position(self._loop_thread_id)
-
     def request_drain(self) -> None:
         """Start a drain in the background (what signals and the socket's `drain` op do)."""
         if self._drain_task is None and self._loop is not None:
-            self._drain_task = self._loop.create_task(self.drain(), name="openrtc-drain")
+            # A fresh context: never a task of whichever session's code asked.
+            self._drain_task = self._loop.create_task(
+                self.drain(), name="openrtc-drain", context=contextvars.Context()
+            )
 
     async def drain(self, timeout: float | None = None) -> None:
         """Stop accepting, set every session's `draining`, wait up to `timeout`, then cancel the rest."""
@@ -492,6 +392,7 @@ class AgentPool:
         self._state = "draining"
         self._shutdown.set()
         self._draining.set()
+        self.hooks.call("draining")
         sessions = list(self._sessions.values())
         for session in sessions:
             if session.state in (SessionState.STARTING, SessionState.RUNNING):
@@ -525,16 +426,22 @@ class AgentPool:
         *,
         tenant: str | None = None,
         metadata: dict[str, Any] | None = None,
+        session_id: str | None = None,
+        attempt: int = 1,
     ) -> SessionHandle:
-        """Start a session of `agent`; raises `UnknownAgentError` or `SessionRefused` (naming the cap)."""
+        """Start a session of `agent`; raises `UnknownAgentError` or `SessionRefused` (naming why).
+
+        `session_id` gives the session an id of the caller's (a fleet request's); by default a random
+        one. `attempt` is which delivery of that request this is.
+        """
         try:
             if self._state != "running":
-                cap = "draining" if self._state == "draining" else "not_running"
-                raise SessionRefused(cap, f"worker is {self._state}; not accepting new sessions")
+                reason = "draining" if self._state == "draining" else "not_running"
+                raise SessionRefused(reason, f"worker is {self._state}; not accepting new sessions")
             spec = self.agent(agent)
             if spec.name not in self._prewarmed:
                 await self._prewarm(spec)
-            return self._start_now(spec, tenant, dict(metadata) if metadata else {})
+            return self._start_now(spec, tenant, dict(metadata) if metadata else {}, session_id, attempt)
         except SessionRefused as exc:
             self._note_refusal(exc)
             raise
@@ -542,7 +449,7 @@ class AgentPool:
     def _note_refusal(self, exc: SessionRefused) -> None:
         """Count every refusal; log each reason at most once per `REFUSAL_LOG_EVERY_S`, with how many
         were refused meanwhile (a caller retrying in a loop must not flood the log)."""
-        reason = exc.cap
+        reason = exc.reason
         self.sessions_refused[reason] += 1
         self._refusals_unlogged[reason] += 1
         now = time.monotonic()
@@ -552,7 +459,14 @@ class AgentPool:
             since = f" ({count} since the last such line)" if count > 1 else ""
             log.warning("refused a session (%s): %s%s", reason, exc, since)
 
-    def _start_now(self, spec: AgentSpec, tenant: str | None, metadata: dict[str, Any]) -> SessionHandle:
+    def _start_now(
+        self,
+        spec: AgentSpec,
+        tenant: str | None,
+        metadata: dict[str, Any],
+        session_id: str | None,
+        attempt: int,
+    ) -> SessionHandle:
         # No await from the checks to the registration: admission decisions cannot interleave.
         if self._state != "running":
             raise SessionRefused("draining", f"worker is {self._state}; not accepting new sessions")
@@ -566,14 +480,16 @@ class AgentPool:
             active_for_tenant=self._by_tenant[tenant] if tenant is not None else 0,
         )
         assert self._loop is not None and self._draining is not None
-        session_id = os.urandom(6).hex()
-        while session_id in self._sessions:
+        if session_id is None:
             session_id = os.urandom(6).hex()
+            while session_id in self._sessions:
+                session_id = os.urandom(6).hex()
+        elif session_id in self._sessions:
+            raise SessionRefused("duplicate", f"session {session_id!r} is already running here")
         session = Session(
-            session_id, spec.name, tenant, metadata, self._shared.get(spec.name, {}), self._draining
+            session_id, spec.name, tenant, metadata, self._shared.get(spec.name, {}), self._draining, attempt
         )
-        if self._monitor is not None:
-            session.stats = self._monitor.timer.stats(session)
+        self.hooks.call("session_started", session)  # before its first step: its tasks get tagged
         context = contextvars.copy_context()
         context.run(current_session.set, session)
         self._sessions[session_id] = session
@@ -586,8 +502,6 @@ class AgentPool:
         )
         session._root = root
         root.add_done_callback(lambda _: self._finish(session))
-        for started in self._on_start:
-            started(session)
         return SessionHandle(session)
 
     def _check_memory(self) -> None:
@@ -601,16 +515,13 @@ class AgentPool:
                 f"{self.config.memory.limit_mb:g}; refusing new sessions until it falls",
             )
 
-    def _on_rss(self, rss_mb: float) -> None:
+    def observe_rss(self, rss_mb: float) -> None:
+        """Check the memory thresholds against an RSS reading taken elsewhere (thread-safe)."""
         if self.memory.enabled:
             self.log_memory_events(self.memory.observe(rss_mb))
 
-    def _own_dirs(self, agent: str) -> tuple[str, ...]:
-        spec = self._agents.get(agent)
-        return (spec.code_dir,) if spec is not None and spec.code_dir else ()
-
     def log_memory_events(self, events: list[MemoryEvent]) -> None:
-        """Log each threshold crossing once (called from the loop or the daemon thread)."""
+        """Log each threshold crossing once (called from the loop or another thread)."""
         rss, thresholds = self.memory.last_rss_mb, self.config.memory
         for event in events:
             if event is MemoryEvent.WARN_ABOVE:
@@ -631,59 +542,22 @@ class AgentPool:
                 )
 
     async def _prewarm(self, spec: AgentSpec) -> None:
-        if self._template is not None:  # process mode: the template imports and prewarms it
-            from openrtc.runtime.process import agent_entry
-
-            if spec.name not in self._template_loaded and spec.name not in self._template_errors:
-                try:  # added after start: load it now
-                    entry = agent_entry(spec, self._origins.get(spec.name))
-                except OpenRTCError as exc:
-                    raise SessionRefused("prewarm_failed", str(exc)) from None
-                await self._load_in_template([entry])
-            error = self._template_errors.get(spec.name)
-            if error is not None:
-                raise SessionRefused("prewarm_failed", f"agent {spec.name!r} failed in the template: {error}")
-            self._prewarmed.add(spec.name)
-            return
         lock = self._prewarm_locks.setdefault(spec.name, asyncio.Lock())
         async with lock:
             if spec.name in self._prewarmed:
                 return
-            shared: dict[str, Any] = {}
-            if spec.prewarm is not None:
-                started = time.perf_counter()
-                try:
-                    await spec.prewarm(shared)
-                except Exception as exc:
-                    log.exception("prewarm of agent %r failed", spec.name)
-                    raise SessionRefused(
-                        "prewarm_failed", f"prewarm of agent {spec.name!r} failed: {exc!r}"
-                    ) from exc
-                log.info("prewarmed agent %r in %.0f ms", spec.name, (time.perf_counter() - started) * 1000)
-            self._shared[spec.name] = shared
+            self._shared[spec.name] = await self._runner.prewarm(spec, self._origins.get(spec.name))
             self._prewarmed.add(spec.name)
 
     async def _run_session(self, session: Session, spec: AgentSpec) -> None:
-        template = self._template
-        if template is None:
-            if session.state is SessionState.STARTING:
-                session.state = SessionState.RUNNING
-            session.running_at = time.perf_counter()
         session.log.info("session started tenant=%s", session.tenant or "-")
         try:
-            if template is None:
-                await spec.entry(session)
-            else:
-                from openrtc.runtime.process import ChildFailed, run_in_child
-
-                try:
-                    await run_in_child(template, session, logging.getLogger().getEffectiveLevel())
-                except ChildFailed as exc:
-                    self._fail(session, exc.reason, exc, traceback=False)
-                    return
+            await self._runner.run(session, spec)
         except asyncio.CancelledError:
             session.state = SessionState.CANCELLED
             session.reason = session._cancel_reason or "cancelled"
+        except SessionFailed as exc:  # found by the runner: its message is the whole story
+            self._fail(session, exc.reason, exc, traceback=False)
         except Exception as exc:
             self._fail(session, "exception", exc)
         except SystemExit as exc:
@@ -718,9 +592,6 @@ class AgentPool:
                 task.cancel(msg="session_ended")
         del self._sessions[session.id]
         session.tasks = {}
-        if self._monitor is not None:  # only snapshots show ended sessions: off keeps none (and no timer)
-            self.recently_ended.append(session)
-            self._prune_ended()
         self._by_agent[session.agent] -= 1
         if self._by_agent[session.agent] <= 0:
             del self._by_agent[session.agent]
@@ -728,35 +599,13 @@ class AgentPool:
             self._by_tenant[session.tenant] -= 1
             if self._by_tenant[session.tenant] <= 0:
                 del self._by_tenant[session.tenant]
+        self.hooks.call("session_finished", session)
         session.log.info(
             "session %s reason=%s duration=%.3fs",
             session.state.value,
             session.reason or "-",
             session.ended_at - session.started_mono,
         )
-        for ended in self._on_end:
-            ended(session)
-
-    def _prune_ended(self) -> None:
-        """Forget ended sessions once no snapshot shows them; re-arms itself while some remain."""
-        ended, now = self.recently_ended, time.perf_counter()
-        while ended and ended[0].ended_at is not None and now - ended[0].ended_at > ENDED_KEEP_S:
-            ended.popleft()
-        if ended and self._prune_timer is None and self._loop is not None and not self._loop.is_closed():
-
-            def again() -> None:
-                self._prune_timer = None
-                self._prune_ended()
-
-            self._prune_timer = self._loop.call_later(ENDED_KEEP_S + 1.0, again)
-
-    def session_of(self, task: asyncio.Future[Any]) -> Session | None:
-        """The session that owns a task; None when untagged or introspection is off."""
-        if self._tagger is None:
-            return None
-        from openrtc.introspection.tagging import session_of
-
-        return session_of(task, self._sessions)
 
     def cancel(self, session_id: str, reason: str = "cancelled_by_user") -> bool:
         """Cancel an active session by id; False when no such session is active."""

@@ -18,7 +18,7 @@ from openrtc.runtime.deps import ImportGraph, module_files, module_name
 from openrtc.runtime.discovery import agent_files, load_agent_file
 
 if TYPE_CHECKING:
-    from openrtc.runtime.pool import AgentPool
+    from openrtc.runtime.pool import Pool
 
 log = logging.getLogger("openrtc.reload")
 
@@ -30,7 +30,7 @@ class Reloader:
     a few dozen files at most.
     """
 
-    def __init__(self, pool: AgentPool, folder: str | Path, interval: float = 0.5) -> None:
+    def __init__(self, pool: Pool, folder: str | Path, interval: float = 0.5) -> None:
         self.pool = pool
         self.folder = Path(folder).resolve()
         self.interval = interval
@@ -110,8 +110,8 @@ class Reloader:
             return
         try:
             await self.pool.replace(spec)
-        except Exception as exc:
-            log.error("reload failed, keeping the previous version: %s: prewarm raised %r", path, exc)
+        except AgentLoadError as exc:
+            log.error("reload failed, keeping the previous version: %s", exc)
             return
         if old is not None and old != spec.name:
             self.pool.remove(old)

@@ -8,7 +8,12 @@ import logging
 import time
 from collections.abc import Generator
 from contextvars import ContextVar
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from openrtc.errors import OpenRTCError
+
+if TYPE_CHECKING:
+    from openrtc.runtime.runners.process import ProcessStats
 
 ERROR_MAX_CHARS = 200
 """Longest `Session.error_text` (the full traceback is in the worker's log)."""
@@ -52,7 +57,7 @@ class Session:
         "_log",
         "_root",
         "agent",
-        "child",
+        "attempt",
         "draining",
         "ended_at",
         "error",
@@ -60,6 +65,7 @@ class Session:
         "id",
         "metadata",
         "pid",
+        "process",
         "reason",
         "running_at",
         "shared",
@@ -79,6 +85,7 @@ class Session:
         metadata: dict[str, Any],
         shared: dict[str, Any],
         draining: asyncio.Event,
+        attempt: int = 1,
     ) -> None:
         self.id = session_id
         """Unique id of the session (hex)."""
@@ -92,6 +99,8 @@ class Session:
         """What the agent's `prewarm` stored, shared by every session of the agent in this worker."""
         self.draining = draining
         """Set when the worker drains: finish the current turn and return."""
+        self.attempt = attempt
+        """Which delivery of the session's request this is (1 but for a fleet's redelivery)."""
         self.state = SessionState.STARTING
         self.reason: str | None = None
         """Why the session failed or was cancelled (`exception`, `drain_timeout`, `cancelled_by_user`...)."""
@@ -108,11 +117,12 @@ class Session:
         """The session's live tasks, each under its coroutine: filed by the task tagger when created,
         taken out when the coroutine ends. Empty when introspection is off."""
         self.stats: Any = None
-        """Introspection counters (`SessionStats`), None when introspection is off."""
+        """The step timer's counters of this session, set by the introspection hook (None without it).
+        A plain slot, not a mapping of plug-ins: the task factory reads it for every task created."""
         self.pid: int | None = None
         """The session's own process (isolation="process"), None when it runs in the worker."""
-        self.child: Any = None
-        """What the OS says about that process (`ChildStats`), None in coroutine mode."""
+        self.process: ProcessStats | None = None
+        """What the OS says about that process, None in coroutine mode."""
         self._root: asyncio.Task[None] | None = None
         self._cancel_reason: str | None = None
         self._log: SessionLogAdapter | None = None
@@ -176,6 +186,17 @@ class SessionHandle:
 
     def __repr__(self) -> str:
         return f"<SessionHandle {self.id} {self.state.value}>"
+
+
+class SessionFailed(OpenRTCError):
+    """A session's end found outside its own code (its process exited non-zero, died by a signal, or
+    went above its memory limit): `reason` is the session's reason, `summary` its one-line error."""
+
+    def __init__(self, reason: str, message: str, summary: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.summary = summary or message
+        """One line for `Session.error_text` (the message may be a child's whole traceback)."""
 
 
 def error_summary(exc: BaseException) -> str:

@@ -155,7 +155,10 @@ def detail_lines(row: SessionRow, snapshot: Snapshot, socket_path: Path | None) 
         ("cpu time", f"{row.cpu_s:.3f}s since start"),
         ("memory", f"{row.mem_mb:.1f} MB (equal share of the worker's RSS), peak {row.peak_mb:.1f} MB"),
         ("tasks", str(row.tasks)),
-        ("slow", "yes (blocked the loop in the last 5 s)" if row.slow else "no"),
+        (
+            "slow",
+            f"yes (blocked the loop in the last {w.introspection.slow_for_s:g} s)" if row.slow else "no",
+        ),
         ("blocks", str(row.blocks)),
     ]
     if row.error:
@@ -166,7 +169,8 @@ def detail_lines(row: SessionRow, snapshot: Snapshot, socket_path: Path | None) 
     out: list[tuple[str, str]] = [(f"session {row.session_id}", "bold")]
     out += [(f"  {name:<11}\0{value}", "field") for name, value in fields]
     blocks = [b for b in reversed(snapshot.blocks) if b.session_id == row.session_id]
-    out += [("", ""), (f"recent blocks ({len(blocks)} in the worker's last 100)", "bold")]
+    kept = w.introspection.blocks_kept
+    out += [("", ""), (f"recent blocks ({len(blocks)} in the worker's last {kept})", "bold")]
     if not blocks:
         out.append(("  none", "dim"))
     for block in blocks:

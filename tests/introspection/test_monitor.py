@@ -30,8 +30,8 @@ def line_of(marker: str) -> int:
 
 
 def snapshot_of(pool: AgentPool) -> dict[str, Any]:
-    assert pool._daemon is not None
-    return pool._daemon.snapshot()
+    assert pool.introspection is not None
+    return pool.introspection.snapshot()
 
 
 # -- CPU shares --------------------------------------------------------------------------------------
@@ -374,7 +374,7 @@ def test_garbage_collection_is_not_blamed_on_the_session_it_fell_in(run_loop: An
 
 
 def test_runs_in_finds_the_stepped_coroutine_on_the_stack() -> None:
-    from openrtc.introspection.monitor import runs_in
+    from openrtc.introspection.watchdog import runs_in
 
     seen: list[bool] = []
 
@@ -397,7 +397,7 @@ def test_a_failure_while_recording_a_long_step_is_counted_not_raised_into_the_se
     def broken(*_: Any) -> None:
         raise RuntimeError("bookkeeping bug")
 
-    monitor._note_long_step = broken  # type: ignore[method-assign]
+    monitor.watchdog.note_long_step = broken  # type: ignore[method-assign]
     monitor._on_long_step(None, 0.0, 1.0)  # type: ignore[arg-type]
     assert monitor.errors == 1 and monitor.last_error == "long step: RuntimeError: bookkeeping bug"
 
@@ -415,16 +415,16 @@ def test_a_step_that_mostly_waited_for_a_cpu_blames_no_session() -> None:
     step = SimpleNamespace(stats=stats, wrapped=None)
     start = time.perf_counter() - 0.25
     waits = iter([0.0 + 0.21])  # now: 210 ms more run-queue wait than at the step's start
-    monitor.cpu_waits.append((start - 0.01, 0.0))
-    monitor._cpu_wait_s = lambda: next(waits)  # type: ignore[method-assign]
+    monitor.watchdog.cpu_waits.append((start - 0.01, 0.0))
+    monitor.watchdog._cpu_wait_s = lambda: next(waits)  # type: ignore[method-assign]
     monitor._on_long_step(step, start, 0.25)  # type: ignore[arg-type]
     (block,) = monitor.blocks
     assert block.kind == "outside" and block.session_id is None and stats.blocks == 0
     assert "waited 210 ms for a CPU" in block.where
 
     waits = iter([0.21 + 0.01])  # a real 250 ms stall: 10 ms of waiting in it
-    monitor._cpu_wait_s = lambda: next(waits)  # type: ignore[method-assign]
-    monitor.cpu_waits.append((start - 0.001, 0.21))
+    monitor.watchdog._cpu_wait_s = lambda: next(waits)  # type: ignore[method-assign]
+    monitor.watchdog.cpu_waits.append((start - 0.001, 0.21))
     monitor._on_long_step(step, start, 0.25)  # type: ignore[arg-type]
     assert monitor.blocks[-1].kind == "session" and stats.blocks == 1
 
@@ -450,7 +450,7 @@ async def main():
         pool.add("chatty", chatty)
         handles = [await pool.start_session("chatty") for _ in range(3)]
         await asyncio.gather(*(h.wait() for h in handles))
-        return pool._daemon.snapshot()
+        return pool.introspection.snapshot()
 
 try:
     with asyncio.Runner(loop_factory=loop_factory("asyncio")) as runner:

@@ -172,7 +172,8 @@ def test_protocol_errors_get_error_replies(sock_home: Path, run_loop: Any) -> No
                 while chunk := sock.recv(65536):  # ends when the worker closes, not at our timeout
                     raw += chunk
             assert reply_of(raw)["error"]["code"] == "bad_frame"
-        assert pool._daemon is not None and pool._daemon.errors >= 6
+        assert pool.introspection is not None and pool.introspection.daemon is not None
+        assert pool.introspection.daemon.errors >= 6
 
     with_worker(run_loop, body)
 

@@ -426,8 +426,8 @@ def test_refusals_are_counted_by_reason_and_logged_at_a_bounded_rate(
             for _ in range(1000):
                 with pytest.raises(SessionRefused):
                     await pool.start_session("a")
-            assert pool._daemon is not None
-            snap: dict[str, Any] = pool._daemon.snapshot()
+            assert pool.introspection is not None
+            snap: dict[str, Any] = pool.introspection.snapshot()
             await pool.drain(0)
             with pytest.raises(SessionRefused):
                 await pool.start_session("a")

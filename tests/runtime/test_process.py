@@ -15,7 +15,6 @@ import psutil
 import pytest
 
 from openrtc import AgentPool, OpenRTCError, SessionState
-from openrtc.introspection.snapshot import build_snapshot
 from tests.conftest import wait_until, write_agent
 
 AGENTS = {
@@ -237,8 +236,9 @@ def test_memory_limit_is_per_session_process(
             small = await pool.start_session("hog", metadata={"mb": 80})  # above warn, below limit
             big = await pool.start_session("hog", metadata={"mb": 300})
             await asyncio.wait_for(big, 15)
-            await wait_until(lambda: small.session.child is not None and small.session.child.rss_mb > 80, 10)
-            snapshot = build_snapshot(pool, pool._monitor)  # type: ignore[arg-type]
+            process = lambda: small.session.process  # noqa: E731
+            await wait_until(lambda: process() is not None and process().rss_mb > 80, 10)  # type: ignore[union-attr]
+            snapshot = pool.introspection.snapshot()  # type: ignore[union-attr]
             return {"big": big.session, "small": small.session, "snapshot": snapshot}
 
     out = asyncio.run(main())
@@ -270,7 +270,7 @@ def test_a_fast_allocator_is_stopped_close_to_the_limit(
     # The child's RSS is its allocations plus the template's baseline (about 25 MB), so the limit
     # falls at about 125 MB held; 200 MB/s for a whole second would have reached 300 MB or more.
     assert held and max(held) <= 150 + 20, held
-    assert session.child.peak_mb < 150 + 30
+    assert session.process.peak_mb < 150 + 30
 
 
 def test_snapshot_rows_carry_the_childs_pid_and_cpu(agents: Path, sock_home: Path) -> None:
@@ -279,7 +279,7 @@ def test_snapshot_rows_carry_the_childs_pid_and_cpu(agents: Path, sock_home: Pat
             burner = await pool.start_session("burner")
             idle = await pool.start_session("polite")
             await asyncio.sleep(3.5)
-            snapshot = build_snapshot(pool, pool._monitor)  # type: ignore[arg-type]
+            snapshot = pool.introspection.snapshot()  # type: ignore[union-attr]
             return {"snapshot": snapshot, "burner": burner.id, "idle": idle.id}
 
     out = asyncio.run(main())

@@ -1,15 +1,16 @@
-"""The template process of `isolation="process"`: imports the agents and runs their `prewarm` once, then
-forks one child per session.
+"""The template process of `isolation="process"`: imports the agents and runs their `prewarm` once,
+then forks one child per session.
 
-The worker starts it with `python -m openrtc.runtime.template FD` (a fresh interpreter, so no thread of
-the worker is ever forked) and talks to it over FD, a SOCK_SEQPACKET socket: one msgpack map per
-message. The template is single-threaded, so forking it is safe, and each child starts with the agents
-imported and prewarmed. A child gets its own stream socket to the worker (passed with SCM_RIGHTS) for
-its log records, its end state, and the worker's `drain`/`cancel`.
+The worker starts it with `python -m openrtc.runtime.runners.template FD` (a fresh interpreter, so no
+thread of the worker is ever forked) and talks to it over FD, a SOCK_SEQPACKET socket: one msgpack map
+per message (`openrtc._framing.pack`). The template is single-threaded, so forking it is safe, and
+each child starts with the agents imported and prewarmed. A child gets its own stream socket to the
+worker (passed with SCM_RIGHTS) for its log records, its end state, and the worker's `drain`/`cancel`,
+in length-prefixed frames (`openrtc._framing.encode_frame`).
 
 Messages, worker -> template: `load` {agents: [{name, source | origin}]}, `start` {id, agent, tenant,
-metadata, log_level}. Template -> worker: `loaded` {errors: {name: message}}, `started` {id, pid} with the
-session's socket, `start_failed` {id, message}, `exit` {id, pid, status} (exit code, or -signal).
+metadata, log_level}. Template -> worker: `loaded` {errors: {name: message}}, `started` {id, pid} with
+the session's socket, `start_failed` {id, message}, `exit` {id, pid, status} (exit code, or -signal).
 """
 
 from __future__ import annotations
@@ -28,15 +29,15 @@ import traceback
 from collections.abc import Awaitable
 from typing import Any, NoReturn
 
-import msgpack
-
-from openrtc.introspection.wire import MAX_REQUEST_BYTES, FrameDecoder, encode_frame
+from openrtc._framing import FrameDecoder, encode_frame, pack, unpack
 from openrtc.runtime.agent import AgentSpec, make_spec
 from openrtc.runtime.discovery import load_agent_file
 from openrtc.runtime.session import Session, SessionState, error_summary
 
 CONTROL_MAX = 1 << 20
 """Largest control message (a `start` with its metadata)."""
+MAX_CHANNEL_FRAME = 256 << 20
+"""Largest frame on a session's channel (a log record with a long traceback fits well within it)."""
 PR_SET_PDEATHSIG = 1
 
 
@@ -45,17 +46,6 @@ def die_with_parent() -> None:
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def pack(message: dict[str, Any]) -> bytes:
-    return msgpack.packb(message, use_bin_type=True)  # type: ignore[no-any-return]
-
-
-def unpack(data: bytes) -> dict[str, Any]:
-    value = msgpack.unpackb(data, raw=False)
-    if not isinstance(value, dict):
-        raise ValueError("control message is not a map")
-    return value
 
 
 def load_spec(entry: dict[str, Any]) -> AgentSpec:
@@ -235,7 +225,7 @@ async def _child_session(
     cancel_reason: list[str] = []
 
     async def follow_worker() -> None:
-        decoder = FrameDecoder(MAX_REQUEST_BYTES)
+        decoder = FrameDecoder(MAX_CHANNEL_FRAME)
         while data := await reader.read(65536):
             for frame in decoder.feed(data):
                 if not isinstance(frame, dict):

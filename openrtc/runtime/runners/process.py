@@ -1,9 +1,10 @@
 """The worker's side of `isolation="process"`: the template process, and one child per session.
 
-`TemplateClient` starts the template (`openrtc.runtime.template`) and asks it for children;
-`run_in_child` is what a process session's root task runs: it relays the child's log records, forwards
-drain and cancel, and turns the child's end (or its death) into the session's state. `ChildWatch`
-reads each child's RSS and CPU from the OS once a second and enforces the per-session memory limit.
+`ProcessRunner` is the pool's runner for this isolation. `TemplateClient` starts the template
+(`openrtc.runtime.runners.template`) and asks it for children; `run_in_child` is what a process
+session's root task runs: it relays the child's log records, forwards drain and cancel, and turns the
+child's end (or its death) into the session's state. `ChildWatch` reads each child's RSS and CPU from
+the OS and enforces the per-session memory limit.
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ from typing import Any
 
 import psutil
 
-from openrtc.errors import OpenRTCError
-from openrtc.introspection.wire import MAX_REPLY_BYTES, FrameDecoder, encode_frame
+from openrtc._framing import FrameDecoder, encode_frame, pack, unpack
+from openrtc.errors import AgentLoadError, OpenRTCError, SessionRefused
 from openrtc.runtime.agent import AgentSpec
-from openrtc.runtime.session import Session, SessionState
-from openrtc.runtime.template import CONTROL_MAX, pack, unpack
+from openrtc.runtime.runners.template import CONTROL_MAX, MAX_CHANNEL_FRAME
+from openrtc.runtime.session import Session, SessionFailed, SessionState
 
 log = logging.getLogger("openrtc.process")
 
@@ -43,18 +44,8 @@ ASSUMED_GROWTH_MB_S = 400.0
 """The growth rate a child's RSS reads are paced for (see `ChildWatch`)."""
 
 
-class ChildFailed(OpenRTCError):
-    """A session's child process failed: raised its exception, exited non-zero, or died by a signal."""
-
-    def __init__(self, reason: str, message: str, summary: str | None = None) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.summary = summary or message
-        """One line for the snapshot (the message may be the child's whole traceback)."""
-
-
 @dataclass
-class ChildStats:
+class ProcessStats:
     """What the OS says about one session's process (written by `ChildWatch` on the loop)."""
 
     pid: int
@@ -66,7 +57,7 @@ class ChildStats:
     )
     """(perf_counter, cpu_s) once a second: the snapshot's CPU% window."""
     warned: bool = False
-    process: psutil.Process | None = None
+    handle: psutil.Process | None = None
     next_check: float = 0.0
     """When its RSS is read next (sooner near the memory limit)."""
 
@@ -97,7 +88,7 @@ class TemplateClient:
         self._loop = loop
         self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "openrtc.runtime.template", str(theirs.fileno())],
+            [sys.executable, "-m", "openrtc.runtime.runners.template", str(theirs.fileno())],
             pass_fds=[theirs.fileno()],
             close_fds=True,
         )
@@ -212,10 +203,10 @@ def _describe_exit(status: int) -> tuple[str, str]:
 
 
 async def run_in_child(template: TemplateClient, session: Session, log_level: int) -> None:
-    """The root task of a process session: returns when it ended, raises `ChildFailed` or is cancelled."""
+    """The root task of a process session: returns when it ended, raises `SessionFailed` or is cancelled."""
     pid, channel = await template.spawn(session, log_level)
     session.pid = pid
-    session.child = ChildStats(pid)
+    session.process = ProcessStats(pid)
     reader, writer = await asyncio.open_unix_connection(sock=channel)
     done: dict[str, Any] | None = None
 
@@ -226,7 +217,7 @@ async def run_in_child(template: TemplateClient, session: Session, log_level: in
 
     drainer = asyncio.create_task(forward_drain())
     try:
-        decoder = FrameDecoder(MAX_REPLY_BYTES)
+        decoder = FrameDecoder(MAX_CHANNEL_FRAME)
         while data := await reader.read(65536):
             for frame in decoder.feed(data):
                 if isinstance(frame, dict):
@@ -240,15 +231,15 @@ async def run_in_child(template: TemplateClient, session: Session, log_level: in
     status = await _exit_status(template, pid)
     if done is None:
         if session.reason == "memory_limit":
-            raise ChildFailed(
+            raise SessionFailed(
                 "memory_limit", "the session's process went above memory_limit_mb and was killed"
             )
         if status == 0:
-            raise ChildFailed("exit_code", "the session's process exited without reporting an end")
-        raise ChildFailed(*_describe_exit(status))
+            raise SessionFailed("exit_code", "the session's process exited without reporting an end")
+        raise SessionFailed(*_describe_exit(status))
     if done["state"] == "failed":
         summary = done.get("summary")
-        raise ChildFailed(
+        raise SessionFailed(
             str(done.get("reason") or "exception"),
             str(done.get("error") or "failed"),
             summary if isinstance(summary, str) else None,
@@ -343,12 +334,12 @@ class ChildWatch:
         """Read the RSS of the children due for it; returns when the next one is due."""
         soonest = now + FULL_POLL_S
         for session in list(self._sessions()):
-            child: ChildStats | None = session.child
+            child: ProcessStats | None = session.process
             if child is None or session.state.finished:
                 continue
             if child.next_check <= now:
                 try:
-                    process = child.process = child.process or psutil.Process(child.pid)
+                    process = child.handle = child.handle or psutil.Process(child.pid)
                     rss = process.memory_info().rss / (1024 * 1024)
                 except psutil.Error:
                     continue
@@ -362,11 +353,11 @@ class ChildWatch:
         """Read every child's RSS and CPU; returns when the next RSS read is due."""
         soonest = now + FULL_POLL_S
         for session in list(self._sessions()):
-            child: ChildStats | None = session.child
+            child: ProcessStats | None = session.process
             if child is None or session.state.finished:
                 continue
             try:
-                process = child.process = child.process or psutil.Process(child.pid)
+                process = child.handle = child.handle or psutil.Process(child.pid)
                 with process.oneshot():
                     rss = process.memory_info().rss / (1024 * 1024)
                     times = process.cpu_times()
@@ -380,7 +371,7 @@ class ChildWatch:
             self._check(session, child)
         return soonest
 
-    def _check(self, session: Session, child: ChildStats) -> None:
+    def _check(self, session: Session, child: ProcessStats) -> None:
         if self._warn_mb is not None:
             if child.rss_mb > self._warn_mb and not child.warned:
                 child.warned = True
@@ -403,3 +394,80 @@ class ChildWatch:
             )
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child.pid, signal.SIGKILL)
+
+
+class ProcessRunner:
+    """`isolation="process"`: a template process imports and prewarms the agents; each session runs
+    in a child forked from it."""
+
+    isolation = "process"
+    per_session_memory = True
+
+    def __init__(self, memory_warn_mb: float | None, memory_limit_mb: float | None) -> None:
+        self._warn_mb = memory_warn_mb
+        self._limit_mb = memory_limit_mb
+        self._template: TemplateClient | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self._sessions: dict[str, Session] = {}
+        self._errors: dict[str, str] = {}
+        """Agents the template could not load, with why."""
+        self._loaded: set[str] = set()
+
+    async def start(
+        self, loop: asyncio.AbstractEventLoop, agents: list[tuple[AgentSpec, str | None]]
+    ) -> None:
+        self._template = TemplateClient(loop)
+        await self._load([agent_entry(spec, origin) for spec, origin in agents])
+        watch = ChildWatch(lambda: list(self._sessions.values()), self._warn_mb, self._limit_mb)
+        self._watch = loop.create_task(watch.run(), name="openrtc-child-watch")
+        log.info("template process %d ready (isolation=process)", self._template.pid)
+
+    async def _load(self, entries: list[dict[str, Any]]) -> dict[str, str]:
+        assert self._template is not None
+        errors = await self._template.load(entries)
+        for entry in entries:
+            name = entry["name"]
+            if name in errors:
+                self._errors[name] = errors[name]
+                self._loaded.discard(name)
+                log.error("agent %r not available in process mode: %s", name, errors[name])
+            else:
+                self._errors.pop(name, None)
+                self._loaded.add(name)
+        return errors
+
+    async def prewarm(self, spec: AgentSpec, origin: str | None) -> dict[str, Any]:
+        if spec.name not in self._loaded and spec.name not in self._errors:
+            try:  # added after start: load it now
+                entry = agent_entry(spec, origin)
+            except OpenRTCError as exc:
+                raise SessionRefused("prewarm_failed", str(exc)) from None
+            await self._load([entry])
+        error = self._errors.get(spec.name)
+        if error is not None:
+            raise SessionRefused("prewarm_failed", f"agent {spec.name!r} failed in the template: {error}")
+        return {}  # the prewarmed dict lives in the template, and each child gets its copy
+
+    async def reload(self, spec: AgentSpec, origin: str | None) -> dict[str, Any]:
+        errors = await self._load([agent_entry(spec, origin)])
+        if spec.name in errors:
+            raise AgentLoadError(
+                spec.source or spec.name, 0, f"failed in the template process: {errors[spec.name]}"
+            )
+        return {}
+
+    async def run(self, session: Session, spec: AgentSpec) -> None:
+        assert self._template is not None
+        self._sessions[session.id] = session
+        try:
+            await run_in_child(self._template, session, logging.getLogger().getEffectiveLevel())
+        finally:
+            self._sessions.pop(session.id, None)
+
+    async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+        if self._template is not None:
+            await self._template.close()
+            self._template = None
