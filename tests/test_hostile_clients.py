@@ -18,7 +18,7 @@ import pytest
 
 from openrtc.introspection.client import WorkerClient
 from tests.cli.worker import Worker, run_cli
-from tests.conftest import write_agent
+from tests.helpers import write_agent
 
 ROOT = Path(__file__).resolve().parents[1]
 HOSTILE = ROOT / "benchmarks" / "hostile_client.py"

@@ -12,7 +12,7 @@ from typing import Any
 from openrtc.introspection.client import WorkerClient
 from openrtc.top.source import LiveSource
 from tests.cli.worker import Worker, run_cli
-from tests.conftest import write_agent
+from tests.helpers import write_agent
 
 POLITE = """\
 import asyncio

@@ -15,7 +15,7 @@ from openrtc.introspection.ledger import parse_ledger
 from openrtc.runtime.signals import EXIT_DRAIN_DEADLINE
 from openrtc.top.source import LiveSource
 from tests.cli.worker import Worker, run_cli
-from tests.conftest import write_agent
+from tests.helpers import write_agent
 
 POLITE = """\
 async def entrypoint(session):

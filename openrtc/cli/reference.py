@@ -24,7 +24,7 @@ WIDTH = "100"
 
 
 def render_reference() -> str:
-    from openrtc.cli.main import build_parser
+    from openrtc.cli.parser import build_parser
 
     previous = os.environ.get("COLUMNS")
     os.environ["COLUMNS"] = WIDTH  # argparse wraps help to the terminal width

@@ -94,7 +94,7 @@ def unwrap_reply(reply: dict[str, Any]) -> Any:
 
 
 @dataclass(frozen=True)
-class WorkerInfo:
+class FoundWorker:
     """A live worker found in the socket folder, with what it said to `hello`."""
 
     socket_path: Path
@@ -103,7 +103,7 @@ class WorkerInfo:
     """Its `hello` reply."""
 
 
-def find_workers(folder: Path | None = None, timeout: float = 2.0) -> list[WorkerInfo]:
+def find_workers(folder: Path | None = None, timeout: float = 2.0) -> list[FoundWorker]:
     """Every live worker in `folder` (default: this user's socket folder), cleaning dead sockets.
 
     Raises `WorkerNotFound`, naming the folder, when none answers.
@@ -115,14 +115,14 @@ def find_workers(folder: Path | None = None, timeout: float = 2.0) -> list[Worke
         if not folder.exists():
             raise WorkerNotFound(f"no worker running: {folder} does not exist") from None
         raise WorkerNotFound(str(exc)) from exc
-    found: list[WorkerInfo] = []
+    found: list[FoundWorker] = []
     silent: list[WorkerUnresponsive] = []
     for path in sorted(folder.glob("*.sock")):
         if remove_if_dead(path):
             continue
         try:
             with WorkerClient(path, timeout) as client:
-                found.append(WorkerInfo(path, client.request("hello")))
+                found.append(FoundWorker(path, client.request("hello")))
         except SchemaVersionError:
             raise
         except WorkerUnresponsive as exc:

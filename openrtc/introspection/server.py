@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from openrtc.errors import ProtocolError
+from openrtc.introspection.ratelimit import Every
 from openrtc.introspection.wire import (
     MAX_REQUEST_BYTES,
     PROTOCOL_VERSION,
@@ -128,16 +129,13 @@ class _RateLog:
 
     def __init__(self, message: str) -> None:
         self._message = message
-        self._last = -LOG_EVERY_S
-        self._unlogged = 0
+        self._every = Every(LOG_EVERY_S, time.monotonic)
 
     def __call__(self, detail: str) -> None:
-        now = time.monotonic()
-        self._unlogged += 1
-        if now - self._last >= LOG_EVERY_S:
-            more = f" ({self._unlogged - 1} more since the last such line)" if self._unlogged > 1 else ""
+        held = self._every.due()
+        if held is not None:
+            more = f" ({held} more since the last such line)" if held else ""
             log.warning("%s: %s%s", self._message, detail, more)
-            self._last, self._unlogged = now, 0
 
 
 class Server:

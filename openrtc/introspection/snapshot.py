@@ -7,6 +7,7 @@ tuples, objects replaced rather than mutated) and copies containers with one C-l
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -35,8 +36,10 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile of already sorted values (0 for none)."""
     if not sorted_values:
         return 0.0
-    rank = max(0, min(len(sorted_values) - 1, round(q / 100 * len(sorted_values) + 0.5) - 1))
-    return float(sorted_values[rank])
+    # The smallest value with at least q% of the values at or below it (round() rounded half to even:
+    # p99 of 100 values read the 100th).
+    rank = max(1, min(len(sorted_values), math.ceil(q / 100 * len(sorted_values))))
+    return float(sorted_values[rank - 1])
 
 
 def share_pct(busy_s: float, span_s: float) -> float:

@@ -17,152 +17,18 @@ from rich.markup import escape
 from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical, VerticalScroll
-from textual.screen import ModalScreen, Screen
+from textual.containers import Vertical
 from textual.widgets import Footer, Input, Static
 
-from openrtc.errors import OpenRTCError
-from openrtc.introspection.schema import Block, SessionRow, Snapshot
+from openrtc.errors import ConfigError, OpenRTCError
+from openrtc.introspection.schema import SessionRow, Snapshot
+from openrtc.top.render import COLUMNS, detail_text, help_text, stall_text, style_row, worker_label
+from openrtc.top.screens import ConfirmScreen, HelpScreen, SessionScreen
 from openrtc.top.source import Fetch, Source, WorkerView
-from openrtc.top.table import Cell, RowCells, SessionTable
-from openrtc.top.view import (
-    SORT_KEYS,
-    STATES,
-    Filters,
-    TablePlan,
-    detail_lines,
-    ongoing_stall,
-    plan_table,
-    worker_line,
-)
+from openrtc.top.table import SessionTable
+from openrtc.top.view import SORT_KEYS, STATES, Filters, TablePlan, ongoing_stall, plan_table, worker_line
 
-COLUMNS: tuple[tuple[str, int, bool], ...] = (
-    # (label, width, right-aligned)
-    ("WORKER", 7, False),
-    ("SESSION", 8, False),
-    ("PID", 7, True),
-    ("AGENT", 14, False),
-    ("TENANT", 8, False),
-    ("STATE", 9, False),
-    ("AGE", 6, True),
-    ("CPU%", 5, True),
-    ("", 10, False),
-    ("MEM", 6, True),
-    ("PEAK", 6, True),
-    ("TASKS", 5, True),
-    ("BLOCKS", 6, True),
-    ("LAST BLOCK / ERROR", 30, False),
-)
-HELP = """\
-[b]openrtc top[/b]: every session of every local worker, refreshed every {refresh:g}s.
-
-[b]Sort[/b]     s cycle   c CPU   m memory   o age   b blocks   n agent
-[b]Filter[/b]   / search   f state   a agent   t tenant   w worker   x clear all
-[b]Session[/b]  enter details (every field, recent blocks with stacks)   k cancel (asks first)
-[b]View[/b]     p pause/resume   ? this help   esc back   q quit
-
-Slow sessions (blocked the loop in the last 5 s) are red and listed first. \
-A stall in progress is pinned above the table with its live duration and the line it is stuck on. \
-A failed session shows its error in the last column.
-"""
-
-
-def _worker_label(view: WorkerView) -> str:
-    return str(view.snapshot.worker.pid) if view.snapshot is not None else view.socket_path.stem
-
-
-def style_row(key: str, cells: RowCells) -> list[Cell]:
-    """A plan's cells (worker, session, pid, the rest of `row_cells`, slow, state) as drawn: the CPU bar
-    in colour, slow rows in red."""
-    *texts, slow, state = (str(c) for c in cells)
-    out: list[Cell] = [(text, "") for text in texts]
-    cpu = float(texts[7])
-    out[8] = (
-        texts[8].replace("#", "█").replace(".", "·"),
-        "red" if cpu >= 50 else "yellow" if cpu >= 20 else "green",
-    )
-    if slow == "True":
-        out[5] = (texts[5], "bold red")
-        out[13] = (texts[13], "red")
-    elif state in ("failed", "cancelled"):
-        out[5] = (texts[5], "yellow")
-        if state == "failed":
-            out[13] = (texts[13], "yellow")
-    elif state == "ended":
-        out[5] = (texts[5], "dim")
-    return out
-
-
-def stall_text(view: WorkerView, stall: Block) -> Text:
-    who = f"session {stall.session_id} ({stall.agent})" if stall.session_id else "no session"
-    text = Text(f" STALL NOW {stall.ms:,.0f} ms ", style="bold white on red")
-    text.append(f" worker {_worker_label(view)}: {who} is stuck at ", style="bold red")
-    text.append(stall.where, style="bold")
-    return text
-
-
-def detail_text(view: WorkerView, row: SessionRow, snapshot: Snapshot) -> Text:
-    """Every field of one session, then its recent blocks with full stacks, newest first."""
-    text = Text()
-    for line, style in detail_lines(row, snapshot, view.socket_path):
-        if style == "field":
-            name, _, value = line.partition("\0")
-            text.append(name, style="dim")
-            text.append(f"{value}\n")
-        else:
-            text.append(line + "\n", style=style)
-    return text
-
-
-class HelpScreen(ModalScreen[None]):
-    BINDINGS = [Binding("escape,q,question_mark", "dismiss", "close")]
-
-    def __init__(self, refresh_s: float) -> None:
-        super().__init__()
-        self._refresh_s = refresh_s
-
-    def compose(self) -> ComposeResult:
-        yield Static(HELP.format(refresh=self._refresh_s), id="help")
-
-
-class ConfirmScreen(ModalScreen[bool]):
-    BINDINGS = [
-        Binding("y", "answer(True)", "yes"),
-        Binding("n,escape", "answer(False)", "no"),
-    ]
-
-    def __init__(self, question: str) -> None:
-        super().__init__()
-        self._question = question
-
-    def compose(self) -> ComposeResult:
-        yield Static(f"{self._question}\n\n[b]y[/b] yes    [b]n[/b] no", id="confirm")
-
-    def action_answer(self, yes: bool) -> None:
-        self.dismiss(yes)
-
-
-class SessionScreen(Screen[None]):
-    """One session in full; follows the refreshes while open."""
-
-    BINDINGS = [
-        Binding("escape", "app.pop_screen", "back"),
-        Binding("k", "app.cancel_session", "cancel session"),
-        Binding("q", "app.quit", "quit"),
-    ]
-
-    def __init__(self, key: str, text: Text) -> None:
-        super().__init__()
-        self.key = key
-        self._text = text
-
-    def compose(self) -> ComposeResult:
-        with VerticalScroll():
-            yield Static(self._text, id="detail")
-        yield Footer()
-
-    def show(self, text: Text) -> None:
-        self.query_one("#detail", Static).update(text)
+__all__ = ["ConfirmScreen", "HelpScreen", "SessionScreen", "TopApp", "make_app"]
 
 
 class TopApp(App[None]):
@@ -392,7 +258,9 @@ class TopApp(App[None]):
     # -- actions ----------------------------------------------------------------------------------
 
     def action_help(self) -> None:
-        self.push_screen(HelpScreen(self.refresh_s))
+        live = self._live()
+        slow_for = live[0][1].worker.introspection.slow_for_s if live else 5.0
+        self.push_screen(HelpScreen(help_text(self.refresh_s, slow_for)))
 
     def action_sort(self, key: str) -> None:
         self.sort = key
@@ -483,7 +351,7 @@ class TopApp(App[None]):
             if yes:
                 self.run_worker(self._cancel(view.socket_path, row.session_id), group="cancel")
 
-        who = f"[b]{escape(row.session_id)}[/b] ({escape(row.agent)}) on worker {_worker_label(view)}"
+        who = f"[b]{escape(row.session_id)}[/b] ({escape(row.agent)}) on worker {worker_label(view)}"
         self.push_screen(ConfirmScreen(f"Cancel session {who}?"), answered)
 
     async def _cancel(self, socket_path: Path, session_id: str) -> None:
@@ -505,7 +373,7 @@ def make_app(
 ) -> TopApp:
     """The live view over `source`, refreshed every `refresh_s` seconds."""
     if refresh_s <= 0:
-        raise ValueError("refresh_s must be positive")
+        raise ConfigError(f"refresh_s must be positive, got {refresh_s!r}")
     if sort not in SORT_KEYS:
-        raise ValueError(f"sort must be one of {', '.join(SORT_KEYS)}")
+        raise ConfigError(f"sort must be one of {', '.join(SORT_KEYS)}, got {sort!r}")
     return TopApp(source, refresh_s, sort, filters or Filters())

@@ -8,7 +8,7 @@ refresh that changes 50 visible rows out of 10,000 re-draws 50 lines.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from rich.segment import Segment
@@ -84,14 +84,14 @@ class SessionTable(ScrollView, can_focus=True):
         self._style_row = style_row
         self.order: list[str] = []
         """Row keys in display order."""
-        self._cells: dict[str, RowCells] = {}
+        self._cells: Mapping[str, RowCells] = {}
         self._strips: dict[str, tuple[RowCells, int, Strip]] = {}
         self.lines_drawn = 0
         """Row lines drawn from cells (not from the cache) so far: what tests and benchmarks read."""
 
     # -- data -------------------------------------------------------------------------------------
 
-    def set_rows(self, order: list[str], cells: dict[str, RowCells]) -> None:
+    def set_rows(self, order: list[str], cells: Mapping[str, RowCells]) -> None:
         """Show `order` with these cells. A cursor on the first row stays there (the top of the list
         is what is being watched); a cursor the user moved stays on its session, if still there."""
         key = self.cursor_key if self.cursor > 0 else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from openrtc.introspection.schema import Block, SessionRow, Snapshot
 
@@ -221,7 +222,30 @@ def render_text(snapshots: Sequence[Snapshot], filters: Filters, sort: str, colo
     return "\n".join(lines).rstrip() + "\n"
 
 
-Cells = tuple[str | bool, ...]
+class PlannedRow(NamedTuple):
+    """One row of the live table: the texts of its columns, then what sets its styles. A tuple, so a
+    row that did not change compares equal and is not drawn again."""
+
+    worker: str
+    session: str
+    pid: str
+    agent: str
+    tenant: str
+    state: str
+    age: str
+    cpu: str
+    bar: str
+    mem: str
+    peak: str
+    tasks: str
+    blocks: str
+    last: str
+    slow: bool
+    """The session blocked the loop lately (the row is red)."""
+    state_value: str
+    """The session's state, without the `!` of a slow one."""
+    cpu_pct: float
+    """Its CPU share, for the bar's colour."""
 
 
 @dataclass(frozen=True)
@@ -230,11 +254,35 @@ class TablePlan:
 
     rows: dict[str, tuple[Path, SessionRow]]
     """Per row key (`<socket>|<session id>`): the worker's socket and the session."""
-    cells: dict[str, Cells]
-    """Per row key: the worker label, the session, its pid ("-" in the worker), the rest of `row_cells`,
-    then `slow` and `state` (which set the styles)."""
+    cells: dict[str, PlannedRow]
+    """Per row key: what its row shows."""
     order: list[str]
     """The row keys in display order."""
+
+
+def planned_row(worker: str, r: SessionRow) -> PlannedRow:
+    """The live table's row for session `r` of the worker labelled `worker`."""
+    session, agent, tenant, state, age, cpu, bar, mem, peak, tasks, blocks, last = row_cells(r)
+    pid = str(r.pid) if r.pid is not None else "-"
+    return PlannedRow(
+        worker,
+        session,
+        pid,
+        agent,
+        tenant,
+        state,
+        age,
+        cpu,
+        bar,
+        mem,
+        peak,
+        tasks,
+        blocks,
+        last,
+        r.slow,
+        r.state,
+        r.cpu_pct,
+    )
 
 
 def plan_table(
@@ -242,7 +290,7 @@ def plan_table(
 ) -> TablePlan:
     """The rows of every worker's snapshot (or only the worker at `only`) that pass `filters`, sorted."""
     rows: dict[str, tuple[Path, SessionRow]] = {}
-    cells: dict[str, Cells] = {}
+    cells: dict[str, PlannedRow] = {}
     for path, snapshot in workers:
         if only is not None and path != only:
             continue
@@ -251,8 +299,6 @@ def plan_table(
             if passes(row, filters):
                 key = prefix + row.session_id
                 rows[key] = (path, row)
-                session, *rest = row_cells(row)
-                pid = str(row.pid) if row.pid is not None else "-"
-                cells[key] = (label, session, pid, *rest, row.slow, row.state)
+                cells[key] = planned_row(label, row)
     order = sorted(rows, key=lambda k: order_key(rows[k][1], sort))
     return TablePlan(rows, cells, order)

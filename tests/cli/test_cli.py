@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli.worker import Worker, run_cli
-from tests.conftest import write_agent
+from tests.helpers import write_agent
 
 POLITE = """\
 async def entrypoint(session):

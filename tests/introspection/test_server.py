@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from openrtc import AgentPool, RemoteError, SchemaVersionError, Session, SessionState
 from openrtc.introspection.client import WorkerClient, find_workers, unwrap_reply
 from openrtc.introspection.wire import encode_frame
-from tests.conftest import wait_until
+from tests.helpers import wait_until
 
 
 async def sleeper(session: Session) -> None:

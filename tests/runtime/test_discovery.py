@@ -8,7 +8,7 @@ import pytest
 
 from openrtc import AgentLoadError, ConfigError
 from openrtc.runtime.discovery import discover, load_agent_file
-from tests.conftest import write_agent
+from tests.helpers import write_agent
 
 CLASS_AGENT = """\
 from openrtc import Agent

@@ -15,7 +15,7 @@ import pytest
 from openrtc import AgentPool, Hook, Session
 from openrtc.runtime.pool import Pool
 from openrtc.runtime.view import PoolView
-from tests.conftest import wait_until, write_agent
+from tests.helpers import wait_until, write_agent
 
 
 class Recorder(Hook):

@@ -16,7 +16,7 @@ import pytest
 
 from openrtc import Agent, AgentPool, Session, SessionRefused, SessionState, UnknownAgentError
 from openrtc.runtime.memory import MemoryGuard
-from tests.conftest import wait_until
+from tests.helpers import wait_until
 
 
 async def sleeper(session: Session) -> None:

@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from openrtc import AgentPool, OpenRTCError, SessionState
-from tests.conftest import wait_until, write_agent
+from tests.helpers import wait_until, write_agent
 
 AGENTS = {
     "polite": """\

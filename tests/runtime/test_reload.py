@@ -11,7 +11,7 @@ import pytest
 
 from openrtc import AgentPool, SessionState, UnknownAgentError
 from openrtc.runtime.reload import Reloader
-from tests.conftest import write_agent
+from tests.helpers import write_agent
 
 
 def versioned(version: int) -> str:

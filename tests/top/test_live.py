@@ -20,7 +20,7 @@ from openrtc.introspection.paths import ensure_private_dir
 from openrtc.introspection.wire import HEADER_SIZE, encode_frame
 from openrtc.top.source import GONE_KEEP_S, LiveSource
 from tests.cli.worker import OPENRTC, Worker
-from tests.conftest import write_agent
+from tests.helpers import write_agent
 
 POLITE = """\
 async def entrypoint(session):

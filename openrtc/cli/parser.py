@@ -1,0 +1,204 @@
+"""The `openrtc` command line: every command, flag and environment twin, as one argparse parser."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from openrtc import __version__
+from openrtc.cli.env import non_negative_float, positive_float, positive_int
+from openrtc.top.view import SORT_KEYS, STATES
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with usage errors on stderr and exit code 2 (its default), for every subcommand."""
+
+    commands: Mapping[str, argparse.ArgumentParser]
+    """The subcommands' parsers, so a usage error found later prints that command's usage."""
+
+
+def _worker_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("worker options (each has an OPENRTC_* environment twin)")
+    g.add_argument(
+        "--isolation",
+        choices=("coroutine", "process"),
+        default="coroutine",
+        help="coroutine: sessions share the worker's loop; process: one child process per session "
+        "[OPENRTC_ISOLATION] (default: coroutine)",
+    )
+    g.add_argument(
+        "--max-sessions",
+        type=positive_int,
+        metavar="N",
+        help="cap on concurrent sessions [OPENRTC_MAX_SESSIONS]",
+    )
+    g.add_argument(
+        "--max-sessions-per-agent",
+        type=positive_int,
+        metavar="N",
+        help="cap per agent [OPENRTC_MAX_SESSIONS_PER_AGENT]",
+    )
+    g.add_argument(
+        "--max-sessions-per-tenant",
+        type=positive_int,
+        metavar="N",
+        help="cap per tenant [OPENRTC_MAX_SESSIONS_PER_TENANT]",
+    )
+    g.add_argument(
+        "--slow-threshold-ms",
+        type=positive_float,
+        default=50.0,
+        metavar="MS",
+        help="loop stall that counts as a block [OPENRTC_SLOW_THRESHOLD_MS] (default: 50)",
+    )
+    g.add_argument(
+        "--memory-warn-mb",
+        type=positive_float,
+        metavar="MB",
+        help="warn once per crossing of this RSS [OPENRTC_MEMORY_WARN_MB]",
+    )
+    g.add_argument(
+        "--memory-limit-mb",
+        type=positive_float,
+        metavar="MB",
+        help="refuse new sessions above this RSS [OPENRTC_MEMORY_LIMIT_MB]",
+    )
+    g.add_argument(
+        "--drain-timeout",
+        type=non_negative_float,
+        default=30.0,
+        metavar="S",
+        help="seconds a drain waits before cancelling sessions [OPENRTC_DRAIN_TIMEOUT] (default: 30)",
+    )
+    g.add_argument(
+        "--no-introspection",
+        action="store_true",
+        help="no daemon thread, socket, task factory or timer [OPENRTC_NO_INTROSPECTION=1]",
+    )
+    g.add_argument(
+        "--loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="auto",
+        help="event loop; auto prefers uvloop [OPENRTC_LOOP] (default: auto)",
+    )
+    g.add_argument(
+        "--socket", metavar="PATH", help="listen here instead of <socket folder>/<pid>.sock [OPENRTC_SOCKET]"
+    )
+    g.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="[OPENRTC_LOG_LEVEL] (default: info)",
+    )
+    g.add_argument(
+        "--log-format", choices=("text", "json"), default="text", help="[OPENRTC_LOG_FORMAT] (default: text)"
+    )
+
+
+def build_parser(worker_defaults: dict[str, Any] | None = None) -> Parser:
+    parser = Parser(prog="openrtc", description="Run many agent sessions in one Python worker.")
+    parser.add_argument("--version", action="version", version=f"openrtc {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=Parser)
+    parser.commands = sub.choices
+
+    dev = sub.add_parser(
+        "dev",
+        help="run a worker for development, reloading agent files on save",
+        description="Run a worker on AGENTS_DIR; a saved agent file is re-imported: new sessions "
+        "use the new code, running ones finish on the old, a broken save keeps the old.",
+    )
+    dev.add_argument("agents_dir", metavar="AGENTS_DIR")
+    _worker_flags(dev)
+    dev.set_defaults(**(worker_defaults or {}))
+    start = sub.add_parser(
+        "start",
+        help="run a worker for production (no reload)",
+        description="Run a worker on AGENTS_DIR until SIGTERM/SIGINT, then drain and exit 0.",
+    )
+    start.add_argument("agents_dir", metavar="AGENTS_DIR")
+    _worker_flags(start)
+    start.set_defaults(**(worker_defaults or {}))
+
+    dispatch = sub.add_parser(
+        "dispatch",
+        help="start sessions on a running worker and print their ids",
+        description="Start sessions of AGENT. With several workers, picks the one with the most "
+        "free capacity; --socket chooses one.",
+    )
+    dispatch.add_argument("agent", metavar="AGENT")
+    dispatch.add_argument("--tenant", help="tenant of the sessions")
+    dispatch.add_argument(
+        "--metadata", default="{}", metavar="JSON", help="a JSON object given to each session"
+    )
+    dispatch.add_argument(
+        "--count", type=positive_int, default=1, metavar="N", help="how many sessions (default: 1)"
+    )
+    dispatch.add_argument("--socket", metavar="PATH", help="the worker's socket (default: pick one)")
+    dispatch.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=10.0,
+        metavar="S",
+        help="seconds to wait for the worker (default: 10)",
+    )
+
+    lst = sub.add_parser(
+        "list",
+        help="show the agents a folder defines and the files that fail",
+        description="Import every agent file of AGENTS_DIR. Exit 0 when all load, 1 when any fails.",
+    )
+    lst.add_argument("agents_dir", metavar="AGENTS_DIR")
+    lst.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    top = sub.add_parser(
+        "top",
+        help="live view of every session of every local worker (--once: print one snapshot)",
+        description="Live view of the sessions of every worker of this user (press ? in it for the keys). "
+        "--once prints one snapshot as a table (or JSON with --json) and exits: 0 on success, 1 when no "
+        "worker answers. The table has no colour when stdout is not a terminal or NO_COLOR is set.",
+    )
+    top.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    top.add_argument(
+        "--refresh",
+        type=positive_float,
+        default=1.0,
+        metavar="S",
+        help="live view: seconds between refreshes (default: 1)",
+    )
+    top.add_argument("--json", action="store_true", help="with --once: print the snapshot schema as JSON")
+    top.add_argument("--socket", type=Path, metavar="PATH", help="one worker's socket (default: all workers)")
+    top.add_argument("--sort", choices=SORT_KEYS, default="cpu", help="sort sessions by (default: cpu)")
+    top.add_argument("--agent", help="only sessions of this agent")
+    top.add_argument("--tenant", help="only sessions of this tenant")
+    top.add_argument("--status", choices=STATES, help="only sessions in this state")
+    top.add_argument(
+        "--session",
+        metavar="ID",
+        help="with --once: one session in full (its fields, recent blocks and their stacks); an id "
+        "prefix will do",
+    )
+
+    demo = sub.add_parser(
+        "demo",
+        help="run a worker on agents_example/ with a steady mixed load, and top on it",
+        description="Start a worker on agents_example/ in a child process, drive a steady mixed load "
+        "(a few sessions misbehave) and open the live `openrtc top` on it. Quitting top (q) or Ctrl-C "
+        "stops the load and drains the worker. --no-tui (or a stdout that is not a terminal) prints "
+        "the `top --once` table every 5 s instead.",
+    )
+    demo.add_argument(
+        "--no-tui", action="store_true", help="print the table every 5 s instead of the live view"
+    )
+    demo.add_argument("--agents", type=Path, metavar="DIR", help="agents folder (default: agents_example/)")
+    demo.add_argument(
+        "--duration", type=positive_float, metavar="S", help="stop after S seconds (default: never)"
+    )
+    demo.add_argument(
+        "--rate",
+        type=positive_float,
+        default=5.0,
+        metavar="N",
+        help="sessions started per second (default: 5)",
+    )
+    return parser

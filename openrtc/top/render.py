@@ -1,0 +1,93 @@
+"""What the live view draws, as pure functions over snapshots: the table's columns and row styles, the
+pinned stall, the help, one session's details (Rich text; no widget, no I/O)."""
+
+from __future__ import annotations
+
+from rich.text import Text
+
+from openrtc.introspection.schema import Block, SessionRow, Snapshot
+from openrtc.top.source import WorkerView
+from openrtc.top.table import Cell, RowCells
+from openrtc.top.view import PlannedRow, detail_lines
+
+COLUMNS: tuple[tuple[str, int, bool], ...] = (
+    # (label, width, right-aligned)
+    ("WORKER", 7, False),
+    ("SESSION", 8, False),
+    ("PID", 7, True),
+    ("AGENT", 14, False),
+    ("TENANT", 8, False),
+    ("STATE", 9, False),
+    ("AGE", 6, True),
+    ("CPU%", 5, True),
+    ("", 10, False),
+    ("MEM", 6, True),
+    ("PEAK", 6, True),
+    ("TASKS", 5, True),
+    ("BLOCKS", 6, True),
+    ("LAST BLOCK / ERROR", 30, False),
+)
+HELP = """\
+[b]openrtc top[/b]: every session of every local worker, refreshed every {refresh:g}s.
+
+[b]Sort[/b]     s cycle   c CPU   m memory   o age   b blocks   n agent
+[b]Filter[/b]   / search   f state   a agent   t tenant   w worker   x clear all
+[b]Session[/b]  enter details (every field, recent blocks with stacks)   k cancel (asks first)
+[b]View[/b]     p pause/resume   ? this help   esc back   q quit
+
+Slow sessions (blocked the loop in the last {slow_for:g} s) are red and listed first. \
+A stall in progress is pinned above the table with its live duration and the line it is stuck on. \
+A failed session shows its error in the last column.
+"""
+
+
+def help_text(refresh_s: float, slow_for_s: float = 5.0) -> str:
+    """The help overlay (Rich markup)."""
+    return HELP.format(refresh=refresh_s, slow_for=slow_for_s)
+
+
+def worker_label(view: WorkerView) -> str:
+    return str(view.snapshot.worker.pid) if view.snapshot is not None else view.socket_path.stem
+
+
+def style_row(key: str, cells: RowCells) -> list[Cell]:
+    """A `PlannedRow` as drawn: the CPU bar in colour, slow rows in red, failed ones yellow."""
+    row = PlannedRow(*cells)
+    cpu = row.cpu_pct
+    bar = (
+        row.bar.replace("#", "█").replace(".", "·"),
+        "red" if cpu >= 50 else "yellow" if cpu >= 20 else "green",
+    )
+    state, last = (row.state, ""), (row.last, "")
+    if row.slow:
+        state, last = (row.state, "bold red"), (row.last, "red")
+    elif row.state_value in ("failed", "cancelled"):
+        state = (row.state, "yellow")
+        if row.state_value == "failed":
+            last = (row.last, "yellow")
+    elif row.state_value == "ended":
+        state = (row.state, "dim")
+    plain: list[Cell] = [(text, "") for text in (row.worker, row.session, row.pid, row.agent, row.tenant)]
+    numbers: list[Cell] = [(text, "") for text in (row.mem, row.peak, row.tasks, row.blocks)]
+    return [*plain, state, (row.age, ""), (row.cpu, ""), bar, *numbers, last]
+
+
+def stall_text(view: WorkerView, stall: Block) -> Text:
+    who = f"session {stall.session_id} ({stall.agent})" if stall.session_id else "no session"
+    text = Text(f" STALL NOW {stall.ms:,.0f} ms ", style="bold white on red")
+    text.append(f" worker {worker_label(view)}: {who} is stuck at ", style="bold red")
+    text.append(stall.where, style="bold")
+    return text
+
+
+def detail_text(view: WorkerView, row: SessionRow, snapshot: Snapshot) -> Text:
+    """Every field of one session, then its recent blocks with full stacks, newest first."""
+    text = Text()
+    for line, style in detail_lines(row, snapshot, view.socket_path):
+        if style == "field":
+            name, _, value = line.partition("\0")
+            text.append(name, style="dim")
+            text.append(f"{value}\n")
+        else:
+            text.append(line + "\n", style=style)
+    return text
