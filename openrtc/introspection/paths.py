@@ -8,15 +8,27 @@ folder (sticky on every Unix), with a warning.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import secrets
 import socket
 import stat
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from openrtc._private import check_private_dir, ensure_private_dir
 from openrtc.errors import SocketError
+
+__all__ = [
+    "bind_worker_socket",
+    "check_private_dir",
+    "ensure_private_dir",
+    "is_alive",
+    "remove_if_dead",
+    "socket_dir",
+]
 
 log = logging.getLogger("openrtc.paths")
 _warned: set[str] = set()
@@ -57,39 +69,6 @@ def socket_dir(environ: Mapping[str, str] | None = None) -> Path:
     return fallback
 
 
-def check_private_dir(path: Path) -> None:
-    """Refuse a folder that is a symlink, not a folder, owned by someone else, or open to others."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        raise SocketError(f"socket folder {path} does not exist") from None
-    if stat.S_ISLNK(st.st_mode):
-        raise SocketError(
-            f"socket folder {path} is a symlink; refusing it (remove it to let openrtc recreate it)"
-        )
-    if not stat.S_ISDIR(st.st_mode):
-        raise SocketError(f"socket folder {path} is not a folder")
-    if st.st_uid != os.getuid():
-        raise SocketError(f"socket folder {path} is owned by uid {st.st_uid}, not by you (uid {os.getuid()})")
-    if st.st_mode & 0o077:
-        raise SocketError(
-            f"socket folder {path} has mode {stat.S_IMODE(st.st_mode):o}; it must be 0700 (chmod 700 {path})"
-        )
-
-
-def ensure_private_dir(path: Path) -> Path:
-    """Create the socket folder with mode 0700 when missing, then check it is private."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        raise SocketError(f"cannot create socket folder {path}: {exc.strerror}") from exc
-    check_private_dir(path)
-    return path
-
-
 def is_alive(path: Path, timeout: float = 1.0) -> bool:
     """True when something accepts connections on the socket at `path`."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -119,6 +98,10 @@ def remove_if_dead(path: Path) -> bool:
 def bind_worker_socket(path: Path, dir_fd: int | None = None) -> socket.socket:
     """Bind a listening socket at `path` (mode 0600); never take over a live worker's socket.
 
+    The socket is bound under a temporary name and renamed to `path` once it listens: a client that
+    finds `path` can connect to it. (Bound at `path` directly, it would refuse connections until
+    `listen`, and a client cleaning dead sockets in that window would remove it.)
+
     With `dir_fd` (the folder, held open), the socket is made in that very folder: on Linux through
     `/proc/self/fd`, so a folder renamed between its check and the bind cannot redirect it.
     """
@@ -127,16 +110,24 @@ def bind_worker_socket(path: Path, dir_fd: int | None = None) -> socket.socket:
             path.unlink()
         else:
             raise SocketError(f"{path} already exists and is in use; refusing to take it over")
-    where = str(path)
+    folder = str(path.parent)
     if dir_fd is not None and os.path.isdir(f"/proc/self/fd/{dir_fd}"):
-        where = f"/proc/self/fd/{dir_fd}/{path.name}"
+        folder = f"/proc/self/fd/{dir_fd}"
+    temporary = f"{folder}/.{path.name}.{secrets.token_hex(4)}"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    step = "bind"
     try:
-        sock.bind(where)
+        sock.bind(temporary)
         # The folder is 0700, so the window before chmod exposes nothing to other users.
-        os.chmod(where, 0o600)
+        step = "chmod"
+        os.chmod(temporary, 0o600)
+        step = "listen"
         sock.listen(256)
+        step = "rename"
+        os.rename(temporary, f"{folder}/{path.name}")
     except OSError as exc:
         sock.close()
-        raise SocketError(f"cannot listen on {path}: {exc.strerror or exc}") from exc
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise SocketError(f"cannot listen on {path} ({step}): {exc.strerror or exc}") from exc
     return sock

@@ -110,6 +110,36 @@ def test_live_socket_is_not_taken_over_and_dead_one_is_reused(tmp_path: Path) ->
     assert remove_if_dead(path) and not path.exists()
 
 
+def test_a_client_cleaning_dead_sockets_cannot_remove_one_being_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between `bind` and `listen` a socket refuses connections: were it at its final name then, a
+    `top` or `find_workers` cleaning dead sockets would remove it (seen once in a stress run:
+    `cannot listen on ...: No such file or directory`). It takes its name only once it listens."""
+    from openrtc.introspection import paths
+
+    folder = ensure_private_dir(tmp_path / "d")
+    path = folder / "3.sock"
+    seen: list[bool] = []
+    chmod = os.chmod
+
+    def a_client_looks(where: Any, mode: int) -> None:  # runs between bind and listen
+        seen.append(remove_if_dead(path))
+        seen.extend(remove_if_dead(other) for other in folder.glob("*.sock"))
+        chmod(where, mode)
+
+    monkeypatch.setattr(paths.os, "chmod", a_client_looks)
+    dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        listener = bind_worker_socket(path, dir_fd)
+    finally:
+        os.close(dir_fd)
+    with listener:
+        assert seen == [False] and path.stat().st_mode & 0o777 == 0o600
+        assert not remove_if_dead(path)
+        assert [p.name for p in folder.iterdir()] == ["3.sock"]  # no temporary name left behind
+
+
 def test_regular_file_in_the_way_is_not_removed(tmp_path: Path) -> None:
     path = ensure_private_dir(tmp_path / "d") / "1.sock"
     path.write_text("not a socket")
