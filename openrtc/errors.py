@@ -112,3 +112,18 @@ class RemoteError(OpenRTCError):
         self.code = code
         self.details = details or {}
         super().__init__(message)
+
+
+ERROR_MAX_CHARS = 200
+"""The longest `error_summary`: a snapshot row and a log line stay readable."""
+
+
+def error_summary(exc: BaseException) -> str:
+    """The exception's type and message on one line, at most `ERROR_MAX_CHARS` long. An exception may
+    carry its own `summary` (a child process's failure, whose message is its whole traceback)."""
+    summary = getattr(exc, "summary", None)
+    if not isinstance(summary, str) or not summary:
+        message = str(exc)
+        summary = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    text = " ".join(summary.split())
+    return text if len(text) <= ERROR_MAX_CHARS else text[: ERROR_MAX_CHARS - 1] + "…"

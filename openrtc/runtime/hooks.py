@@ -6,8 +6,9 @@ Order and threads: every method but the last two is called on the event loop's t
 order they were given, and must not block (it runs in the loop's time). `started` comes once, when
 the pool has started (agents loaded and prewarmed). `session_started` comes once per session, before
 its code's first step; `session_finished` once, after its end state is set, whatever the end (ended,
-failed, cancelled, abandoned by a drain), then the session's end line is logged. `draining` comes
-once when the drain begins, `closed` once at the very end.
+failed, cancelled, abandoned by a drain), then the session's end line is logged. `session_event`
+comes for each event a plug-in reports between the two (an LLM call, a block). `draining` comes once
+when the drain begins, `closed` once at the very end.
 
 `loop_holder` and `emergency_exit` are called from the drain deadline's own thread while the loop
 thread is stuck (see `runtime.signals`): read, do not touch loop objects.
@@ -23,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -53,6 +54,12 @@ class Hook:
     required = False
     """True when the pool must not run without it: an error in its `started` fails the pool's start."""
 
+    def child_setup(self) -> tuple[str, dict[str, Any]] | None:
+        """(`module:function`, keyword arguments): called as `function(session, **kwargs)` in each
+        session's own process (process isolation) before its code runs, so that what the hook attaches
+        to a session in the worker is there too. The arguments cross a pipe: plain values only."""
+        return None
+
     @property
     def name(self) -> str:
         """How logs and `Pool.hook_errors` name it (the class name by default)."""
@@ -66,6 +73,11 @@ class Hook:
 
     def session_finished(self, session: Session) -> None:
         """A session finished: `session.state` and `session.reason` say how."""
+
+    def session_event(self, session: Session | None, kind: str, data: dict[str, Any]) -> None:
+        """An event a plug-in reported (`Session.emit`, `PoolView.emit`): `kind` (`llm.call`, `block`...)
+        and its data; `session` is None for an event of the worker. Do not keep `data` mutable: copy
+        what you keep."""
 
     def draining(self) -> None:
         """The pool stops accepting sessions and drains."""
@@ -94,11 +106,51 @@ class Hooks:
         self.errors: Counter[str] = Counter()
         """Exceptions raised by each hook (by name) since the pool was made."""
         self._logged_at: dict[str, float] = {}
+        # Per method, only the hooks that override it: `session_event` runs for every LLM call.
+        self._callers: dict[str, list[tuple[Hook, Any]]] = {
+            method: [
+                (h, getattr(h, method))
+                for h in self.hooks
+                if getattr(type(h), method) is not getattr(Hook, method)
+            ]
+            for method in (
+                "session_started",
+                "session_finished",
+                "session_event",
+                "draining",
+                "closed",
+                "emergency_exit",
+            )
+        }
+
+    def child_setups(self) -> list[tuple[str, dict[str, Any]]]:
+        """What each session's own process runs first (see `Hook.child_setup`)."""
+        return [setup for h in self.hooks if (setup := h.child_setup()) is not None]
+
+    def event_sender(self, session: Any) -> Callable[[str, dict[str, Any]], None]:
+        """`session.emit`'s target: `session_event` of each hook that has one, as directly as it can be
+        (it runs for every LLM and tool call, on the loop)."""
+        callers = self._callers["session_event"]
+        if len(callers) == 1:
+            (hook, bound), failed = callers[0], self._failed
+
+            def send_one(kind: str, data: dict[str, Any]) -> None:
+                try:
+                    bound(session, kind, data)
+                except Exception as exc:
+                    failed(hook, "session_event", exc)
+
+            return send_one
+
+        def send(kind: str, data: dict[str, Any]) -> None:
+            self.call("session_event", session, kind, data)
+
+        return send
 
     def call(self, method: str, *args: Any) -> None:
-        for hook in self.hooks:
+        for hook, bound in self._callers[method]:
             try:
-                getattr(hook, method)(*args)
+                bound(*args)
             except Exception as exc:
                 self._failed(hook, method, exc)
 

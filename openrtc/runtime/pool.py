@@ -19,7 +19,14 @@ from collections import Counter
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
-from openrtc.errors import AgentLoadError, ConfigError, OpenRTCError, SessionRefused, UnknownAgentError
+from openrtc.errors import (
+    AgentLoadError,
+    ConfigError,
+    OpenRTCError,
+    SessionRefused,
+    UnknownAgentError,
+    error_summary,
+)
 from openrtc.runtime.admission import Limits, check_admission
 from openrtc.runtime.agent import AgentSpec, make_spec
 from openrtc.runtime.config import PoolConfig
@@ -36,7 +43,6 @@ from openrtc.runtime.session import (
     SessionState,
     cancel_session,
     current_session,
-    error_summary,
 )
 from openrtc.runtime.signals import (
     DEADLINE_GRACE_S,
@@ -125,7 +131,9 @@ class Pool:
         self.hooks = Hooks(hooks)
         self.worker_id = os.urandom(6).hex()
         self.started_at = time.time()
-        self._runner: SessionRunner = make_runner(isolation, memory_warn_mb, memory_limit_mb)
+        self._runner: SessionRunner = make_runner(
+            isolation, memory_warn_mb, memory_limit_mb, self.hooks.child_setups()
+        )
         # In process mode the thresholds apply to each session's process (the runner), not the worker.
         worker_memory = self.config.memory if not self._runner.per_session_memory else MemoryThresholds()
         self.memory = MemoryGuard(worker_memory, process_rss_mb)
@@ -489,6 +497,7 @@ class Pool:
         session = Session(
             session_id, spec.name, tenant, metadata, self._shared.get(spec.name, {}), self._draining, attempt
         )
+        session._emit = self.hooks.event_sender(session)
         self.hooks.call("session_started", session)  # before its first step: its tasks get tagged
         context = contextvars.copy_context()
         context.run(current_session.set, session)
@@ -585,7 +594,7 @@ class Pool:
             session.state = SessionState.CANCELLED
             session.reason = session._cancel_reason or "cancelled"
         session.ended_at = time.perf_counter()
-        leftovers = [t for t in session.tasks.values() if not t.done()]
+        leftovers = [t for coro, t in session.tasks.items() if not t.done() and not _closes_asyncgen(coro)]
         if leftovers:
             session.log.warning("session left %d tasks running; cancelling them", len(leftovers))
             for task in leftovers:
@@ -607,7 +616,19 @@ class Pool:
             session.ended_at - session.started_mono,
         )
 
+    def emit(self, session: Session | None, kind: str, data: dict[str, Any]) -> None:
+        """Tell every hook of an event (on the loop thread); `session` None for the worker's own."""
+        self.hooks.call("session_event", session, kind, data)
+
     def cancel(self, session_id: str, reason: str = "cancelled_by_user") -> bool:
         """Cancel an active session by id; False when no such session is active."""
         session = self._sessions.get(session_id)
         return session is not None and cancel_session(session, reason)
+
+
+def _closes_asyncgen(coro: object) -> bool:
+    """The coroutine of a task the loop made to close an async generator the garbage collector found
+    unfinished (`loop._asyncgen_finalizer_hook`): cleanup, not the session's work. SDKs leave these
+    (an `openai` stream's inner SSE generator, even after `async with stream`); it ends on its own, and
+    cancelling it would skip the generator's `finally`."""
+    return type(coro).__name__ == "async_generator_athrow"

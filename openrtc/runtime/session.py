@@ -6,7 +6,7 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +15,6 @@ from openrtc.errors import OpenRTCError
 if TYPE_CHECKING:
     from openrtc.runtime.runners.process import ProcessStats
 
-ERROR_MAX_CHARS = 200
 """Longest `Session.error_text` (the full traceback is in the worker's log)."""
 
 current_session: ContextVar[Session | None] = ContextVar("openrtc_session", default=None)
@@ -54,6 +53,7 @@ class Session:
 
     __slots__ = (
         "_cancel_reason",
+        "_emit",
         "_log",
         "_root",
         "agent",
@@ -75,6 +75,7 @@ class Session:
         "stats",
         "tasks",
         "tenant",
+        "usage",
     )
 
     def __init__(
@@ -123,9 +124,20 @@ class Session:
         """The session's own process (isolation="process"), None when it runs in the worker."""
         self.process: ProcessStats | None = None
         """What the OS says about that process, None in coroutine mode."""
+        self.usage: Any = None
+        """What the session records of its LLM calls and tools (`session.usage.record(...)`): set by the
+        usage hook (`openrtc.usage`), which `openrtc.AgentPool` always has."""
+        self._emit: Callable[[str, dict[str, Any]], None] | None = None
         self._root: asyncio.Task[None] | None = None
         self._cancel_reason: str | None = None
         self._log: SessionLogAdapter | None = None
+
+    def emit(self, kind: str, data: dict[str, Any]) -> None:
+        """Tell the pool's hooks of an event of this session (`llm.call`, `tool.call`, `block`...):
+        what plug-ins record goes through here, on the loop thread. From a session's own process
+        (process isolation) the event crosses to the worker first. Without a pool, nothing happens."""
+        if self._emit is not None:
+            self._emit(kind, data)
 
     @property
     def log(self) -> logging.LoggerAdapter:  # type: ignore[type-arg]
@@ -197,17 +209,6 @@ class SessionFailed(OpenRTCError):
         self.reason = reason
         self.summary = summary or message
         """One line for `Session.error_text` (the message may be a child's whole traceback)."""
-
-
-def error_summary(exc: BaseException) -> str:
-    """The exception's type and message on one line, at most `ERROR_MAX_CHARS` long. An exception may
-    carry its own `summary` (a child process's failure, whose message is its whole traceback)."""
-    summary = getattr(exc, "summary", None)
-    if not isinstance(summary, str) or not summary:
-        message = str(exc)
-        summary = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-    text = " ".join(summary.split())
-    return text if len(text) <= ERROR_MAX_CHARS else text[: ERROR_MAX_CHARS - 1] + "…"
 
 
 def cancel_session(session: Session, reason: str) -> bool:

@@ -106,6 +106,10 @@ class PoolView:
         """An active session by id, or None."""
         return self._pool.sessions.get(session_id)
 
+    def emit(self, kind: str, data: dict[str, Any], session: Session | None = None) -> None:
+        """Tell every hook of an event (the worker's own when `session` is None). Loop thread only."""
+        self._pool.emit(session, kind, data)
+
     def code_dirs(self, agent: str) -> tuple[str, ...]:
         """The folders whose frames count as `agent`'s own code."""
         return self._pool.code_dirs(agent)

@@ -277,6 +277,38 @@ def test_tasks_left_behind_by_a_session_are_cancelled(run_loop: Any) -> None:
     run_loop(main())
 
 
+def test_an_async_generator_closed_by_the_garbage_collector_is_left_to_finish(
+    run_loop: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SDK streams (openai's) leave an inner generator unfinished; the loop closes it in a task of its
+    own, which is cleanup: not cancelled, not warned about, and its `finally` runs."""
+    closed: list[str] = []
+
+    async def events() -> Any:
+        try:
+            yield 1
+            yield 2
+        finally:
+            await asyncio.sleep(0.01)
+            closed.append("finally ran")
+
+    async def streaming(session: Session) -> None:
+        stream = events()
+        await stream.__anext__()
+        del stream  # unfinished: the loop's asyncgen finalizer schedules its aclose() as a task
+
+    async def main() -> None:
+        async with AgentPool() as pool:
+            pool.add("streaming", streaming)
+            await (await pool.start_session("streaming"))
+            await wait_until(lambda: bool(closed))
+
+    with caplog.at_level(logging.WARNING, logger="openrtc"):
+        run_loop(main())
+    assert closed == ["finally ran"]
+    assert not [r for r in caplog.records if "tasks running" in r.getMessage()]
+
+
 def test_session_log_records_carry_session_and_agent(run_loop: Any, caplog: pytest.LogCaptureFixture) -> None:
     async def chatty(session: Session) -> None:
         session.log.info("turn %d", 1, extra={"turn": 1})

@@ -40,11 +40,16 @@ class SessionRunner(Protocol):
         """Stop: nothing of the runner outlives this."""
 
 
-def make_runner(isolation: str, memory_warn_mb: float | None, memory_limit_mb: float | None) -> SessionRunner:
+def make_runner(
+    isolation: str,
+    memory_warn_mb: float | None,
+    memory_limit_mb: float | None,
+    child_setups: list[tuple[str, dict[str, Any]]],
+) -> SessionRunner:
     if isolation == "process":
         from openrtc.runtime.runners.process import ProcessRunner
 
-        return ProcessRunner(memory_warn_mb, memory_limit_mb)
+        return ProcessRunner(memory_warn_mb, memory_limit_mb, child_setups)
     from openrtc.runtime.runners.inline import InlineRunner
 
     return InlineRunner()

@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,7 +112,9 @@ class TemplateClient:
             self._sock.send(pack({"op": "load", "agents": agents}))
             return await self._loaded
 
-    async def spawn(self, session: Session, log_level: int) -> tuple[int, socket.socket]:
+    async def spawn(
+        self, session: Session, log_level: int, setups: list[tuple[str, dict[str, Any]]]
+    ) -> tuple[int, socket.socket]:
         """A child running `session`: its pid and the worker's end of its socket."""
         future: asyncio.Future[Any] = self._loop.create_future()
         self._waiting[session.id] = future
@@ -121,7 +124,9 @@ class TemplateClient:
             "agent": session.agent,
             "tenant": session.tenant,
             "metadata": session.metadata,
+            "attempt": session.attempt,
             "log_level": log_level,
+            "setups": [[path, kwargs] for path, kwargs in setups],
         }
         try:
             self._sock.send(pack(message))
@@ -202,9 +207,14 @@ def _describe_exit(status: int) -> tuple[str, str]:
     return "exit_code", f"the session's process exited with status {status}"
 
 
-async def run_in_child(template: TemplateClient, session: Session, log_level: int) -> None:
+async def run_in_child(
+    template: TemplateClient,
+    session: Session,
+    log_level: int,
+    setups: list[tuple[str, dict[str, Any]]] | None = None,
+) -> None:
     """The root task of a process session: returns when it ended, raises `SessionFailed` or is cancelled."""
-    pid, channel = await template.spawn(session, log_level)
+    pid, channel = await template.spawn(session, log_level, setups or [])
     session.pid = pid
     session.process = ProcessStats(pid)
     reader, writer = await asyncio.open_unix_connection(sock=channel)
@@ -262,6 +272,10 @@ def _on_frame(session: Session, frame: dict[str, Any]) -> dict[str, Any] | None:
         if session.state is SessionState.STARTING:
             session.state = SessionState.RUNNING
         session.running_at = time.perf_counter()
+    elif op == "event":
+        kind, data = frame.get("type"), frame.get("data")
+        if isinstance(kind, str) and isinstance(data, dict):
+            session.emit(kind, data)
     elif op == "done":
         return frame
     return None
@@ -403,9 +417,16 @@ class ProcessRunner:
     isolation = "process"
     per_session_memory = True
 
-    def __init__(self, memory_warn_mb: float | None, memory_limit_mb: float | None) -> None:
+    def __init__(
+        self,
+        memory_warn_mb: float | None,
+        memory_limit_mb: float | None,
+        child_setups: Sequence[tuple[str, dict[str, Any]]] = (),
+    ) -> None:
         self._warn_mb = memory_warn_mb
         self._limit_mb = memory_limit_mb
+        self._child_setups = list(child_setups)
+        """`module:function`s each child runs first (the hooks' `child_setup`)."""
         self._template: TemplateClient | None = None
         self._watch: asyncio.Task[None] | None = None
         self._sessions: dict[str, Session] = {}
@@ -460,7 +481,8 @@ class ProcessRunner:
         assert self._template is not None
         self._sessions[session.id] = session
         try:
-            await run_in_child(self._template, session, logging.getLogger().getEffectiveLevel())
+            level = logging.getLogger().getEffectiveLevel()
+            await run_in_child(self._template, session, level, self._child_setups)
         finally:
             self._sessions.pop(session.id, None)
 

@@ -30,9 +30,10 @@ from collections.abc import Awaitable
 from typing import Any, NoReturn
 
 from openrtc._framing import FrameDecoder, encode_frame, pack, unpack
+from openrtc.errors import error_summary
 from openrtc.runtime.agent import AgentSpec, make_spec
 from openrtc.runtime.discovery import load_agent_file
-from openrtc.runtime.session import Session, SessionState, error_summary
+from openrtc.runtime.session import Session, SessionState
 
 CONTROL_MAX = 1 << 20
 """Largest control message (a `start` with its metadata)."""
@@ -48,15 +49,20 @@ def die_with_parent() -> None:
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def _resolve(origin: str) -> Any:
+    """The object at `module:qualname`."""
+    module_name, _, qualname = origin.partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
 def load_spec(entry: dict[str, Any]) -> AgentSpec:
     """An agent from its file (`source`) or an importable `module:qualname` (`origin`)."""
     if entry.get("source"):
         return load_agent_file(entry["source"])
-    module_name, _, qualname = str(entry["origin"]).partition(":")
-    obj: Any = importlib.import_module(module_name)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    return make_spec(entry["name"], obj)
+    return make_spec(entry["name"], _resolve(str(entry["origin"])))
 
 
 class Template:
@@ -218,9 +224,21 @@ async def _child_session(
 
     draining = asyncio.Event()
     session = Session(
-        start["id"], spec.name, start.get("tenant"), start.get("metadata") or {}, shared, draining
+        start["id"],
+        spec.name,
+        start.get("tenant"),
+        start.get("metadata") or {},
+        shared,
+        draining,
+        int(start.get("attempt") or 1),
     )
     session.state = SessionState.RUNNING
+    session._emit = lambda kind, data: send({"op": "event", "type": kind, "data": data})
+    for path, kwargs in start.get("setups") or ():
+        try:  # a plug-in's own part in this process (`Hook.child_setup`)
+            _resolve(str(path))(session, **(kwargs or {}))
+        except Exception:
+            logging.getLogger("openrtc.process").exception("child setup %s failed", path)
     task: asyncio.Task[None] = asyncio.create_task(_session_code(spec.entry(session)))
     cancel_reason: list[str] = []
 
