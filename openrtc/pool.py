@@ -13,14 +13,16 @@ from openrtc.introspection.hook import IntrospectionConfig, IntrospectionHook
 from openrtc.runtime.hooks import Hook
 from openrtc.runtime.pool import Pool
 from openrtc.runtime.session import Session
+from openrtc.usage.hook import UsageConfig, UsageHook
 
 
 class AgentPool(Pool):
     """Runs agent sessions in this process. Use `run()` (blocking), `serve()`, or `async with`.
 
-    `enable_introspection=True` (the default) adds the introspection hook first among `hooks`; with
-    `False` there is none: no thread, no socket, no task factory, no timer. `hooks` are the caller's own
-    (`openrtc.Hook` subclasses), called after openrtc's, in the order given.
+    Its hooks, in order: introspection (`enable_introspection=True`, the default; with `False` there is
+    none: no thread, no socket, no task factory, no timer), usage (always: every session gets
+    `session.usage`; `usage=UsageConfig(log_dir=...)` also writes the event log), then `hooks`, the
+    caller's own (`openrtc.Hook` subclasses), in the order given.
     """
 
     def __init__(
@@ -36,17 +38,21 @@ class AgentPool(Pool):
         memory_limit_mb: float | None = None,
         drain_timeout_s: float = 30.0,
         socket_path: str | os.PathLike[str] | None = None,
+        usage: UsageConfig | None = None,
         hooks: Sequence[Hook] = (),
     ) -> None:
         self.introspection: IntrospectionHook | None = None
         """The introspection hook, or None when it is off."""
+        self.usage = UsageHook(usage)
+        """The usage hook: the worker's totals, the event log."""
         ours: list[Hook] = []
         if enable_introspection:
             config = IntrospectionConfig(
                 slow_session_threshold_ms, Path(socket_path) if socket_path is not None else None
             )
-            self.introspection = IntrospectionHook(config)
+            self.introspection = IntrospectionHook(config, self.usage)
             ours.append(self.introspection)
+        ours.append(self.usage)
         super().__init__(
             isolation=isolation,
             max_sessions=max_sessions,

@@ -22,6 +22,8 @@ EXPECTED = {
     "SessionState",
     "SocketError",
     "UnknownAgentError",
+    "UsageConfig",
+    "UsageError",
     "WorkerNotFound",
     "WorkerUnresponsive",
     "__version__",
@@ -38,15 +40,31 @@ def test_public_names_resolve() -> None:
 
 
 def test_public_module_attributes_are_exactly_all() -> None:
-    public = {n for n in vars(openrtc) if not n.startswith("_")} - {
+    # subpackages show up as attributes once something imported them
+    public = {n for n in dir(openrtc) if not n.startswith("_")} - {
         "errors",
         "pool",
         "runtime",
+        "usage",
+        "stats",
         "introspection",
         "top",
         "cli",
+        "importlib",
+        "TYPE_CHECKING",
+        "Any",
     }
     assert public == EXPECTED - {"__version__"}
+
+
+def test_importing_openrtc_loads_no_runtime_until_asked() -> None:
+    code = (
+        "import sys, openrtc\n"
+        "assert 'asyncio' not in sys.modules and 'openrtc.pool' not in sys.modules, sorted(sys.modules)\n"
+        "openrtc.AgentPool\n"
+        "assert 'openrtc.pool' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_errors_share_one_base() -> None:

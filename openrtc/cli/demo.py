@@ -3,6 +3,11 @@ with the live `openrtc top` on it. Quitting `top` (or Ctrl-C) stops the load and
 
 `--no-tui` (or a stdout that is not a terminal) prints what `openrtc top --once` shows every few
 seconds instead.
+
+The chat agents talk to a simulated LLM the demo starts on loopback (`openrtc.cli.llmsim`): no
+network and no model, canned replies with made-up but realistic usage, so IN, OUT, CACHE% and COST
+have something to show. The worker's event log goes to a folder of its own, printed at the end for
+`openrtc stats`.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from openrtc.cli.llmsim import SimulatedLLM
 from openrtc.errors import OpenRTCError, RemoteError
 from openrtc.introspection.client import WorkerClient
 from openrtc.introspection.paths import ensure_private_dir, socket_dir
@@ -44,7 +50,12 @@ def default_agents_dir() -> Path:
 
 
 def run_demo(
-    agents: Path | None, duration: float | None, rate: float, tui: bool = True, status_every: float = 5.0
+    agents: Path | None,
+    duration: float | None,
+    rate: float,
+    tui: bool = True,
+    status_every: float = 5.0,
+    log_dir: Path | None = None,
 ) -> int:
     folder = agents or default_agents_dir()
     if not folder.is_dir():
@@ -54,8 +65,11 @@ def run_demo(
     home = ensure_private_dir(socket_dir())
     path = home / f"demo-{os.getpid()}.sock"
     log_path = home / f"demo-{os.getpid()}.log"
+    events = log_dir or home / f"demo-{os.getpid()}-events"
     # Under the live view the worker's log goes to a file: its lines would tear the screen.
     log_file = open(log_path, "w") if tui else None  # noqa: SIM115 - closed in `finally`
+    llm = SimulatedLLM().start()
+    env = {**os.environ, "OPENAI_BASE_URL": llm.base_url, "OPENAI_API_KEY": "demo-no-key"}
     worker = subprocess.Popen(
         [
             sys.executable,
@@ -69,8 +83,11 @@ def run_demo(
             "warning",
             "--drain-timeout",
             "3",
+            "--log-dir",
+            str(events),
         ],
         stderr=log_file,
+        env=env,
     )
     stop = threading.Event()
     try:
@@ -89,11 +106,13 @@ def run_demo(
     finally:
         stop.set()
         _stop(worker)
+        llm.close()
         if log_file is not None:
             log_file.close()
     print(f"demo stopped; worker exited with {worker.returncode}", flush=True)
     if log_file is not None:
         print(f"the worker's log: {log_path}", flush=True)
+    print(f"what the sessions cost: openrtc stats usage --by agent --log-dir {events}", flush=True)
     return 0
 
 
@@ -160,6 +179,7 @@ def _drive(
     agents, weights = list(LOAD_MIX), list(LOAD_MIX.values())
     tenants, shares = list(TENANTS), list(TENANTS.values())
     started = time.monotonic()
+    counts: dict[str, int] = {}
     interval = 1.0 / rate
     next_start = started
     while not stop.is_set() and worker.poll() is None:
@@ -167,11 +187,13 @@ def _drive(
         if duration is not None and elapsed >= duration:
             return
         agent = random.choices(agents, weights)[0]
+        started_count = counts[agent] = counts.get(agent, 0) + 1
         try:
             metadata = {
                 "caller": f"caller-{random.randrange(1000)}",
                 "turns": random.randint(5, 25),
                 "frames": random.randint(250, 1500),  # voice: 5 to 30 s of audio
+                "clock_in_prompt": started_count % 4 == 3,  # chat: a prompt the cache cannot match
             }
             tenant = random.choices(tenants, shares)[0]
             client.request("dispatch", agent=agent, tenant=tenant, metadata=metadata)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from openrtc.errors import ConfigError
@@ -72,6 +73,12 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def _path(text: str) -> Path:
+    if not text.strip():
+        raise ValueError("expected a path, got an empty value")
+    return Path(text)
+
+
 WORKER_TWINS = (
     EnvTwin("isolation", "OPENRTC_ISOLATION", _choice("coroutine", "process")),
     EnvTwin("max_sessions", "OPENRTC_MAX_SESSIONS", positive_int),
@@ -86,7 +93,13 @@ WORKER_TWINS = (
     EnvTwin("socket", "OPENRTC_SOCKET", str),
     EnvTwin("log_level", "OPENRTC_LOG_LEVEL", _choice("debug", "info", "warning", "error")),
     EnvTwin("log_format", "OPENRTC_LOG_FORMAT", _choice("text", "json")),
+    EnvTwin("log_dir", "OPENRTC_LOG_DIR", _path),
+    EnvTwin("no_event_log", "OPENRTC_NO_EVENT_LOG", _bool),
+    EnvTwin("log_retain", "OPENRTC_LOG_RETAIN", str),
+    EnvTwin("pricing", "OPENRTC_PRICING", _path),
+    EnvTwin("record_content", "OPENRTC_RECORD_CONTENT", _bool),
 )
+STATS_TWINS = (EnvTwin("log_dir", "OPENRTC_LOG_DIR", _path),)
 
 
 def env_defaults(twins: tuple[EnvTwin, ...], environ: Mapping[str, str]) -> dict[str, Any]:

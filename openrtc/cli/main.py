@@ -7,7 +7,6 @@ passed (`runtime.signals`).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
@@ -16,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from openrtc.cli.env import WORKER_TWINS, env_defaults
+from openrtc.cli.env import STATS_TWINS, WORKER_TWINS, env_defaults
 from openrtc.cli.parser import build_parser
 from openrtc.errors import ConfigError, OpenRTCError, RemoteError, WorkerNotFound
 
@@ -24,6 +23,15 @@ log = logging.getLogger("openrtc.cli")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader went away (`openrtc stats history | head`): not an error; say nothing more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args_list = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(args_list)
@@ -36,6 +44,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = build_parser(worker_defaults=defaults)
         args = parser.parse_args(args_list)
         return _run_worker(parser.commands[args.command], args, reload=args.command == "dev")
+    if args.command == "stats":
+        from openrtc.cli.stats import run as run_stats
+
+        try:
+            stats_defaults = env_defaults(STATS_TWINS, os.environ)
+        except ConfigError as exc:
+            parser.commands["stats"].error(str(exc))
+        if args.log_dir is None and "log_dir" in stats_defaults:
+            args.log_dir = stats_defaults["log_dir"]
+        return run_stats(parser.commands["stats"], args)
     if args.command == "dispatch":
         return _dispatch(parser.commands["dispatch"], args)
     if args.command == "list":
@@ -45,20 +63,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from openrtc.cli.demo import run_demo
 
-        return run_demo(args.agents, args.duration, args.rate, tui=not args.no_tui)
+        return run_demo(args.agents, args.duration, args.rate, tui=not args.no_tui, log_dir=args.log_dir)
     parser.error(f"unknown command {args.command!r}")
     return 2
 
 
 def _run_worker(parser: argparse.ArgumentParser, args: argparse.Namespace, reload: bool) -> int:
+    import asyncio
+
     from openrtc.cli.logs import configure_logging
     from openrtc.pool import AgentPool
     from openrtc.runtime.loops import loop_factory
     from openrtc.runtime.pool import run_worker_loop
     from openrtc.runtime.reload import Reloader
+    from openrtc.usage.eventlog import Retention, default_log_dir
+    from openrtc.usage.hook import UsageConfig
 
     configure_logging(args.log_level, args.log_format)
     try:
+        usage = UsageConfig(
+            log_dir=None if args.no_event_log else (args.log_dir or default_log_dir()),
+            pricing_file=args.pricing,
+            record_content=args.record_content,
+            retention=Retention.parse(args.log_retain),
+        )
         pool = AgentPool(
             isolation=args.isolation,
             enable_introspection=not args.no_introspection,
@@ -70,6 +98,7 @@ def _run_worker(parser: argparse.ArgumentParser, args: argparse.Namespace, reloa
             memory_limit_mb=args.memory_limit_mb,
             drain_timeout_s=args.drain_timeout,
             socket_path=args.socket,
+            usage=usage,
         )
         factory = loop_factory(args.loop)
         found = pool.discover(args.agents_dir)

@@ -95,6 +95,32 @@ def _worker_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--log-format", choices=("text", "json"), default="text", help="[OPENRTC_LOG_FORMAT] (default: text)"
     )
+    u = parser.add_argument_group("usage and the event log")
+    u.add_argument(
+        "--log-dir",
+        type=Path,
+        metavar="DIR",
+        help="the event log's folder [OPENRTC_LOG_DIR] (default: $XDG_STATE_HOME/openrtc/sessions)",
+    )
+    u.add_argument("--no-event-log", action="store_true", help="write no event log [OPENRTC_NO_EVENT_LOG=1]")
+    u.add_argument(
+        "--log-retain",
+        default="30d",
+        metavar="AGE,SIZE",
+        help="remove log files older than AGE or past SIZE in all: 30d, 12h, 2GB, 30d,2GB or forever "
+        "[OPENRTC_LOG_RETAIN] (default: 30d)",
+    )
+    u.add_argument(
+        "--pricing",
+        type=Path,
+        metavar="FILE",
+        help="your prices (TOML, US dollars per million tokens), used before genai-prices [OPENRTC_PRICING]",
+    )
+    u.add_argument(
+        "--record-content",
+        action="store_true",
+        help="keep prompts and outputs in the event log (off: never written) [OPENRTC_RECORD_CONTENT=1]",
+    )
 
 
 def build_parser(worker_defaults: dict[str, Any] | None = None) -> Parser:
@@ -179,13 +205,18 @@ def build_parser(worker_defaults: dict[str, Any] | None = None) -> Parser:
         "prefix will do",
     )
 
+    from openrtc.cli.stats import add_parser as add_stats
+
+    add_stats(sub)
+
     demo = sub.add_parser(
         "demo",
         help="run a worker on agents_example/ with a steady mixed load, and top on it",
         description="Start a worker on agents_example/ in a child process, drive a steady mixed load "
         "(a few sessions misbehave) and open the live `openrtc top` on it. Quitting top (q) or Ctrl-C "
         "stops the load and drains the worker. --no-tui (or a stdout that is not a terminal) prints "
-        "the `top --once` table every 5 s instead.",
+        "the `top --once` table every 5 s instead. The chat agents call a simulated LLM the demo "
+        "starts on loopback (no network): their tokens and cost are made up, realistic in shape.",
     )
     demo.add_argument(
         "--no-tui", action="store_true", help="print the table every 5 s instead of the live view"
@@ -200,5 +231,11 @@ def build_parser(worker_defaults: dict[str, Any] | None = None) -> Parser:
         default=5.0,
         metavar="N",
         help="sessions started per second (default: 5)",
+    )
+    demo.add_argument(
+        "--log-dir",
+        type=Path,
+        metavar="DIR",
+        help="the worker's event log, for `openrtc stats` (default: a new folder next to its socket)",
     )
     return parser

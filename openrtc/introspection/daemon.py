@@ -27,6 +27,7 @@ from openrtc.introspection.wire import PROTOCOL_VERSION, encode_frame, error_rep
 from openrtc.runtime.control import PoolControl, Started
 from openrtc.runtime.session import Session
 from openrtc.runtime.view import PoolView
+from openrtc.usage.totals import Totals
 
 log = logging.getLogger("openrtc.daemon")
 
@@ -46,12 +47,14 @@ class Daemon:
         monitor: Monitor,
         ended: Callable[[], list[Session]],
         socket_path: Path | None = None,
+        worker_usage: Callable[[], Totals] | None = None,
     ) -> None:
         assert view.control is not None
         self._view = view
         self._control: PoolControl = view.control
         self.monitor = monitor
         self._ended = ended
+        self._worker_usage = worker_usage
         self._chosen_path = socket_path is not None
         self.socket_path: Path = (
             socket_path if socket_path is not None else socket_dir() / f"{os.getpid()}.sock"
@@ -142,7 +145,8 @@ class Daemon:
 
     def snapshot(self) -> dict[str, Any]:
         stats = self._server.stats if self._server is not None else None
-        return build_snapshot(self._view, self.monitor, self._ended(), stats)
+        usage = self._worker_usage() if self._worker_usage is not None else None
+        return build_snapshot(self._view, self.monitor, self._ended(), stats, usage)
 
     # -- ops (run on the daemon thread) ---------------------------------------------------------
 

@@ -25,6 +25,7 @@ from openrtc.runtime.hooks import Hook
 from openrtc.runtime.memory import process_rss_mb
 from openrtc.runtime.session import Session
 from openrtc.runtime.view import PoolView
+from openrtc.usage.hook import UsageHook
 
 log = logging.getLogger("openrtc.introspection")
 
@@ -54,8 +55,10 @@ class IntrospectionHook(Hook):
 
     required = True
 
-    def __init__(self, config: IntrospectionConfig) -> None:
+    def __init__(self, config: IntrospectionConfig, usage: UsageHook | None = None) -> None:
         self.config = config
+        self.usage = usage
+        """Where the snapshot's worker-wide usage totals come from (None: the snapshot has none)."""
         self.monitor: Monitor | None = None
         self.daemon: Daemon | None = None
         self._tagger: TaskTagger | None = None
@@ -91,7 +94,9 @@ class IntrospectionHook(Hook):
                 "the C step timer was not built (no C compiler when openrtc was installed?): "
                 "steps are timed in pure Python, about 10x the cost per step"
             )
-        self.daemon = Daemon(pool, monitor, self.ended_sessions, self.config.socket_path)
+        usage = self.usage
+        worker_usage = (lambda: usage.totals) if usage is not None else None
+        self.daemon = Daemon(pool, monitor, self.ended_sessions, self.config.socket_path, worker_usage)
         try:
             self.daemon.start()
         except BaseException:

@@ -14,8 +14,7 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, TypeVar
 
-from openrtc.errors import ProtocolError, SchemaVersionError
-from openrtc.runtime.session import ERROR_MAX_CHARS
+from openrtc.errors import ERROR_MAX_CHARS, ProtocolError, SchemaVersionError
 
 __all__ = ["ERROR_MAX_CHARS", "SCHEMA_VERSION"]
 
@@ -32,6 +31,34 @@ class LoopLag:
     """99th percentile lateness."""
     max: float
     """Worst lateness."""
+
+
+@dataclass(frozen=True)
+class UsageInfo:
+    """What a session (or the whole worker) recorded of its LLM calls and tools."""
+
+    calls: int
+    """LLM calls recorded."""
+    input_tokens: int
+    """Input tokens, cache reads and writes included (calls with unknown counts left out)."""
+    output_tokens: int
+    """Output tokens, reasoning included."""
+    cache_read_tokens: int
+    """Input tokens read from the provider's prompt cache."""
+    cache_write_tokens: int
+    """Input tokens written to the provider's prompt cache."""
+    reasoning_tokens: int
+    """Output tokens spent on reasoning."""
+    cost_usd: float | None
+    """The sum of the known costs, US dollars; null when no call's cost is known (never 0 for unknown)."""
+    unknown_cost_calls: int
+    """Calls whose cost is unknown, left out of `cost_usd`."""
+    tools_ok: int
+    """Tool calls that returned."""
+    tools_failed: int
+    """Tool calls that raised."""
+    models: dict[str, dict[str, Any]]
+    """Per model (`provider/model`): calls, the token counts, cost_usd, unknown_cost_calls, llm_s."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +152,8 @@ class WorkerInfo:
     sessions_refused: dict[str, int] = field(default_factory=dict)
     """Sessions refused since the worker started, by reason (`max_sessions`, `memory_limit`,
     `draining`...)."""
+    usage: UsageInfo | None = None
+    """What all its sessions recorded since the worker started."""
 
 
 @dataclass(frozen=True)
@@ -181,6 +210,8 @@ class SessionRow:
     error: str | None = None
     """Why it failed, in one line: the exception's type and message (`RuntimeError: boom`), or what
     happened to its process; cut to `ERROR_MAX_CHARS`. None unless it failed."""
+    usage: UsageInfo | None = None
+    """What it recorded of its LLM calls and tools."""
 
 
 @dataclass(frozen=True)
@@ -243,7 +274,7 @@ def to_dict(snapshot: Snapshot) -> dict[str, Any]:
     }
 
 
-_NESTED = (LoopLag, IntrospectionInfo, LastBlock, SocketInfo)
+_NESTED = (LoopLag, IntrospectionInfo, LastBlock, SocketInfo, UsageInfo)
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
 
@@ -289,12 +320,16 @@ def from_dict(data: Any) -> Snapshot:
         if info.get("socket") is not None:
             info["socket"] = _build(SocketInfo, info["socket"], "worker.introspection.socket")
         worker_data["introspection"] = _build(IntrospectionInfo, info, "worker.introspection")
+        if worker_data.get("usage") is not None:
+            worker_data["usage"] = _build(UsageInfo, worker_data["usage"], "worker.usage")
         worker = _build(WorkerInfo, worker_data, "worker")
         sessions = []
         for i, raw in enumerate(data["sessions"]):
             row = dict(raw)
             if row.get("last_block") is not None:
                 row["last_block"] = _build(LastBlock, row["last_block"], f"sessions[{i}].last_block")
+            if row.get("usage") is not None:
+                row["usage"] = _build(UsageInfo, row["usage"], f"sessions[{i}].usage")
             sessions.append(_build(SessionRow, row, f"sessions[{i}]"))
         blocks = [_build(Block, b, f"blocks[{i}]") for i, b in enumerate(data["blocks"])]
         return Snapshot(SCHEMA_VERSION, float(data["at"]), worker, sessions, blocks)

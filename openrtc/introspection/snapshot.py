@@ -28,6 +28,7 @@ from openrtc.introspection.server import ServerStats
 from openrtc.introspection.tagging import live_tasks
 from openrtc.runtime.session import Session
 from openrtc.runtime.view import PoolView
+from openrtc.usage.totals import Totals
 
 ENDED_STATES = ("ended", "failed", "cancelled")
 
@@ -47,8 +48,32 @@ def share_pct(busy_s: float, span_s: float) -> float:
     return max(0.0, min(100.0, busy_s / span_s * 100)) if span_s > 0 else 0.0
 
 
+def usage_info(totals: Totals | None) -> dict[str, Any] | None:
+    """A `UsageInfo` in its wire form."""
+    if totals is None:
+        return None
+    tools_ok = sum(t.ok for t in totals.tools.values())
+    return {
+        "calls": totals.calls,
+        "input_tokens": totals.input_tokens,
+        "output_tokens": totals.output_tokens,
+        "cache_read_tokens": totals.cache_read_tokens,
+        "cache_write_tokens": totals.cache_write_tokens,
+        "reasoning_tokens": totals.reasoning_tokens,
+        "cost_usd": totals.cost_usd,
+        "unknown_cost_calls": totals.unknown_cost_calls,
+        "tools_ok": tools_ok,
+        "tools_failed": sum(t.failed for t in totals.tools.values()),
+        "models": {key: m.as_dict() for key, m in totals.models.items()},
+    }
+
+
 def build_snapshot(
-    view: PoolView, monitor: Monitor, ended: list[Session], server: ServerStats | None = None
+    view: PoolView,
+    monitor: Monitor,
+    ended: list[Session],
+    server: ServerStats | None = None,
+    worker_usage: Totals | None = None,
 ) -> dict[str, Any]:
     """The snapshot in its wire form (what `schema.to_dict` would give for the `Snapshot` it describes):
     the active sessions, then `ended` (those finished recently).
@@ -112,13 +137,15 @@ def build_snapshot(
         ),
         sessions_refused=facts.sessions_refused,
     )
+    worker_plain = plain(worker)
+    worker_plain["usage"] = usage_info(worker_usage)
     blocks = list(monitor.blocks)
     if ongoing is not None:
         blocks.append(ongoing)
     return {
         "schema_version": SCHEMA_VERSION,
         "at": now_wall,
-        "worker": plain(worker),
+        "worker": worker_plain,
         "sessions": rows,
         "blocks": [plain(b) for b in blocks],
     }
@@ -202,4 +229,5 @@ def _row(
         "blocks": stats.blocks if watched else 0,
         "last_block": plain(last_block) if last_block is not None else None,
         "error": session.error_text,
+        "usage": usage_info(getattr(session.usage, "totals", None)),
     }

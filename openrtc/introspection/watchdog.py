@@ -275,6 +275,7 @@ class Watchdog:
         stats.blocks += 1
         stats.last_block = LastBlock(block.ms, at, where)
         stats.last_block_mono = time.perf_counter()
+        session.emit("block", {"ms": block.ms, "where": where, "kind": "session"})
         log.warning(
             "[slow-session] session_id=%s agent=%s blocked event loop for %.0fms at %s",
             session.id,

@@ -65,6 +65,7 @@ class TopApp(App[None]):
         Binding("m", "sort('mem')", "memory", show=False),
         Binding("o", "sort('age')", "age", show=False),
         Binding("b", "sort('blocks')", "blocks", show=False),
+        Binding("dollar_sign", "sort('cost')", "cost", show=False),
         Binding("n", "sort('agent')", "agent", show=False),
     ]
 

@@ -22,22 +22,26 @@ COLUMNS: tuple[tuple[str, int, bool], ...] = (
     ("CPU%", 5, True),
     ("", 10, False),
     ("MEM", 6, True),
-    ("PEAK", 6, True),
-    ("TASKS", 5, True),
     ("BLOCKS", 6, True),
+    ("IN", 6, True),
+    ("OUT", 6, True),
+    ("CACHE%", 6, True),
+    ("COST", 10, True),
     ("LAST BLOCK / ERROR", 30, False),
 )
 HELP = """\
 [b]openrtc top[/b]: every session of every local worker, refreshed every {refresh:g}s.
 
-[b]Sort[/b]     s cycle   c CPU   m memory   o age   b blocks   n agent
+[b]Sort[/b]     s cycle   c CPU   m memory   o age   b blocks   $ cost   n agent
 [b]Filter[/b]   / search   f state   a agent   t tenant   w worker   x clear all
 [b]Session[/b]  enter details (every field, recent blocks with stacks)   k cancel (asks first)
 [b]View[/b]     p pause/resume   ? this help   esc back   q quit
 
 Slow sessions (blocked the loop in the last {slow_for:g} s) are red and listed first. \
 A stall in progress is pinned above the table with its live duration and the line it is stuck on. \
-A failed session shows its error in the last column.
+A failed session shows its error in the last column. \
+IN, OUT, CACHE% and COST are the session's LLM calls so far: COST ends in ? when some had no known \
+price, and is blank while none has one.
 """
 
 
@@ -68,8 +72,8 @@ def style_row(key: str, cells: RowCells) -> list[Cell]:
     elif row.state_value == "ended":
         state = (row.state, "dim")
     plain: list[Cell] = [(text, "") for text in (row.worker, row.session, row.pid, row.agent, row.tenant)]
-    numbers: list[Cell] = [(text, "") for text in (row.mem, row.peak, row.tasks, row.blocks)]
-    return [*plain, state, (row.age, ""), (row.cpu, ""), bar, *numbers, last]
+    numbers = (row.mem, row.blocks, row.tokens_in, row.tokens_out, row.cache, row.cost)
+    return [*plain, state, (row.age, ""), (row.cpu, ""), bar, *((text, "") for text in numbers), last]
 
 
 def stall_text(view: WorkerView, stall: Block) -> Text:

@@ -143,8 +143,10 @@ class SessionTable(ScrollView, can_focus=True):
     def on_resize(self) -> None:
         fixed = [w for i, (_, w, _) in enumerate(self.columns[:-1]) if i not in self._hidden]
         rest = self.size.width - 1 - sum(fixed) - GAP * (len(fixed) + 1)
-        self._widths = [*(w for _, w, _ in self.columns[:-1]), max(self.columns[-1][1], rest)]
-        self._strips.clear()
+        widths = [*(w for _, w, _ in self.columns[:-1]), max(self.columns[-1][1], rest)]
+        if widths != self._widths:  # a change of height alone (the header grew) keeps every drawn row
+            self._widths = widths
+            self._strips.clear()
         self.virtual_size = Size(self._line_width(), len(self.order) + 1)
         self._keep_cursor_visible()
 

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from openrtc.introspection.schema import Block, SessionRow, Snapshot
+from openrtc.introspection.schema import Block, SessionRow, Snapshot, UsageInfo
+from openrtc.usage.totals import usd
 
-SORT_KEYS = ("cpu", "mem", "age", "blocks", "agent")
+SORT_KEYS = ("cpu", "mem", "age", "blocks", "cost", "agent")
 STATES = ("starting", "running", "draining", "ended", "failed", "cancelled")
 FINISHED = frozenset({"ended", "failed", "cancelled"})
 
@@ -49,7 +50,13 @@ def order_key(row: SessionRow, sort: str) -> tuple[bool, bool, float | str, str]
     finished = row.state in FINISHED
     if sort == "agent":
         return (not row.slow, finished, row.agent, row.session_id)
-    value = {"cpu": row.cpu_pct, "mem": row.mem_mb, "age": row.duration_s, "blocks": float(row.blocks)}[sort]
+    if sort == "cost":  # an unknown cost sorts after every known one, $0 (no call yet) included
+        known = row.usage.cost_usd if row.usage is not None else 0.0
+        value = -1.0 if known is None else known
+    else:
+        value = {"cpu": row.cpu_pct, "mem": row.mem_mb, "age": row.duration_s, "blocks": float(row.blocks)}[
+            sort
+        ]
     return (not row.slow, finished, -value, row.session_id)
 
 
@@ -89,13 +96,81 @@ def worker_line(s: Snapshot) -> str:
     cap = w.max_sessions if w.max_sessions is not None else "-"
     info = w.introspection
     flags = "  DRAINING" if w.draining else ""
+    usage = ""
+    if w.usage is not None and w.usage.calls:
+        u = w.usage
+        usage = (
+            f"  tokens in {short(u.input_tokens)} out {short(u.output_tokens)} cache {cache_pct(u) or '-'}"
+            f"  cost {cost_text(u) or '-'}"
+        )
     return (
         f"worker {w.hostname}:{w.pid}  up {fmt_age(w.uptime_s)}  {w.loop}/{w.isolation}  "
         f"rss {w.rss_mb:.0f}MB  "
         f"cpu {w.cpu_pct:.0f}%  lag p50 {w.loop_lag_ms.p50:.1f}ms p99 {w.loop_lag_ms.p99:.1f}ms  "
         f"sessions {w.sessions_active}/{cap}  started {w.sessions_started}  failed {w.sessions_failed}  "
-        f"sampler {info.sample_hz_achieved:.0f}/{info.sample_hz_target:.0f}Hz  errors {info.errors}{flags}"
+        f"sampler {info.sample_hz_achieved:.0f}/{info.sample_hz_target:.0f}Hz  errors {info.errors}"
+        f"{flags}{usage}"
     )
+
+
+def short(n: int) -> str:
+    """A token count in at most 6 characters: 950, 12.3k, 1.23M."""
+    if n >= 999_500:
+        return f"{n / 1e6:.2f}M"
+    if n >= 10_000:
+        return f"{n / 1e3:.1f}k"
+    return f"{n:,}"
+
+
+def cache_pct(u: UsageInfo | None) -> str:
+    """Cache reads over input, or blank without input."""
+    if u is None or not u.input_tokens:
+        return ""
+    return f"{u.cache_read_tokens / u.input_tokens * 100:.0f}%"
+
+
+def cost_text(u: UsageInfo | None) -> str:
+    """`$0.0123`; a `?` after it when some calls had no known price; `?` alone when none had; blank with
+    no call. Never `$0` for a cost nobody knows."""
+    if u is None or not u.calls:
+        return ""
+    if u.cost_usd is None:
+        return "?"
+    return usd(u.cost_usd) + ("?" if u.unknown_cost_calls else "")
+
+
+def model_table(models: dict[str, dict[str, object]]) -> list[str]:
+    """The per-model lines of the details: calls, tokens, cache hit, cost."""
+    header = ("MODEL", "CALLS", "IN", "CACHE READ", "CACHE WRITE", "OUT", "REASONING", "CACHE%", "COST")
+    rows = [header]
+    for key, m in sorted(models.items()):
+        calls, tokens_in = int(str(m.get("calls") or 0)), int(str(m.get("input_tokens") or 0))
+        read, unknown = int(str(m.get("cache_read_tokens") or 0)), int(str(m.get("unknown_cost_calls") or 0))
+        cost = float(str(m.get("cost_usd") or 0.0))
+        rows.append(
+            (
+                key,
+                str(calls),
+                short(tokens_in),
+                short(read),
+                short(int(str(m.get("cache_write_tokens") or 0))),
+                short(int(str(m.get("output_tokens") or 0))),
+                short(int(str(m.get("reasoning_tokens") or 0))),
+                f"{read / tokens_in * 100:.0f}%" if tokens_in else "-",
+                "?" if unknown == calls else usd(cost) + ("?" if unknown else ""),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    return [
+        "  ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r)) for r in rows
+    ]
+
+
+def usage_cells(u: UsageInfo | None) -> tuple[str, str, str, str]:
+    """IN, OUT, CACHE%, COST of a row (blank while nothing is recorded)."""
+    if u is None or not u.calls:
+        return ("", "", "", "")
+    return (short(u.input_tokens), short(u.output_tokens), cache_pct(u), cost_text(u))
 
 
 COLUMNS = (
@@ -110,6 +185,10 @@ COLUMNS = (
     "PEAK",
     "TASKS",
     "BLOCKS",
+    "IN",
+    "OUT",
+    "CACHE%",
+    "COST",
     "LAST BLOCK / ERROR",
 )
 
@@ -136,6 +215,7 @@ def row_cells(r: SessionRow) -> tuple[str, ...]:
         f"{r.peak_mb:.1f}",
         str(r.tasks),
         str(r.blocks),
+        *usage_cells(r.usage),
         last,
     )
 
@@ -167,8 +247,29 @@ def detail_lines(row: SessionRow, snapshot: Snapshot, socket_path: Path | None) 
     if row.last_block is not None:
         still = " (still going on)" if row.last_block.ongoing else ""
         fields.append(("last block", f"{row.last_block.ms:.0f} ms at {row.last_block.where}{still}"))
+    u = row.usage
+    if u is not None and u.calls:
+        fields.append(
+            (
+                "tokens",
+                f"in {u.input_tokens:,} (cache read {u.cache_read_tokens:,}, "
+                f"write {u.cache_write_tokens:,})  out {u.output_tokens:,} "
+                f"(reasoning {u.reasoning_tokens:,})  cache hit {cache_pct(u) or '-'}",
+            )
+        )
+        unknown = (
+            f" ({u.unknown_cost_calls} of {u.calls} calls with no known price)"
+            if u.unknown_cost_calls
+            else ""
+        )
+        fields.append(("cost", f"{cost_text(u) or '-'}{unknown}"))
+    if u is not None and (u.tools_ok or u.tools_failed):
+        fields.append(("tools", f"{u.tools_ok} ok, {u.tools_failed} failed"))
     out: list[tuple[str, str]] = [(f"session {row.session_id}", "bold")]
     out += [(f"  {name:<11}\0{value}", "field") for name, value in fields]
+    if u is not None and u.models:
+        out += [("", ""), ("calls per model", "bold")]
+        out += [(f"  {line}", "") for line in model_table(u.models)]
     blocks = [b for b in reversed(snapshot.blocks) if b.session_id == row.session_id]
     kept = w.introspection.blocks_kept
     out += [("", ""), (f"recent blocks ({len(blocks)} in the worker's last {kept})", "bold")]
@@ -236,9 +337,11 @@ class PlannedRow(NamedTuple):
     cpu: str
     bar: str
     mem: str
-    peak: str
-    tasks: str
     blocks: str
+    tokens_in: str
+    tokens_out: str
+    cache: str
+    cost: str
     last: str
     slow: bool
     """The session blocked the loop lately (the row is red)."""
@@ -262,7 +365,9 @@ class TablePlan:
 
 def planned_row(worker: str, r: SessionRow) -> PlannedRow:
     """The live table's row for session `r` of the worker labelled `worker`."""
-    session, agent, tenant, state, age, cpu, bar, mem, peak, tasks, blocks, last = row_cells(r)
+    (session, agent, tenant, state, age, cpu, bar, mem, _, _, blocks, tin, tout, cache, cost, last) = (
+        row_cells(r)
+    )
     pid = str(r.pid) if r.pid is not None else "-"
     return PlannedRow(
         worker,
@@ -275,9 +380,11 @@ def planned_row(worker: str, r: SessionRow) -> PlannedRow:
         cpu,
         bar,
         mem,
-        peak,
-        tasks,
         blocks,
+        tin,
+        tout,
+        cache,
+        cost,
         last,
         r.slow,
         r.state,

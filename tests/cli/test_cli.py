@@ -381,3 +381,10 @@ def test_demo_runs_and_leaves_nothing_behind(sock_home: Path) -> None:
     pid = int(out.stdout.split("demo worker pid ")[1].split()[0])
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     assert not list((sock_home / "openrtc").glob("*.sock"))
+    # The chat agents called the simulated LLM: tokens and cost live, then in the event log.
+    assert " tokens in " in out.stdout and " cost $" in out.stdout
+    events = out.stdout.split("--log-dir ")[-1].strip()
+    stats = run_cli("stats", "usage", "--by", "agent", "--json", "--log-dir", events)
+    assert stats.returncode == 0, stats.stderr
+    chat = next(g for g in json.loads(stats.stdout)["groups"] if g["name"] == "chat")
+    assert chat["calls"] > 0 and chat["input_tokens"] > 0 and chat["cost_usd"] > 0

@@ -13,6 +13,7 @@ from openrtc.introspection.schema import (
     LoopLag,
     SessionRow,
     Snapshot,
+    UsageInfo,
     WorkerInfo,
 )
 from openrtc.top.source import Fetch, WorkerView
@@ -46,6 +47,22 @@ def row(sid: str, **kw: Any) -> SessionRow:
     )
     base.update(kw)
     return SessionRow(**base)
+
+
+def usage(calls: int, tokens_in: int, read: int, out: int, cost: float | None, unknown: int = 0) -> UsageInfo:
+    model = {
+        "calls": calls,
+        "input_tokens": tokens_in,
+        "output_tokens": out,
+        "cache_read_tokens": read,
+        "cache_write_tokens": 0,
+        "reasoning_tokens": 0,
+        "cost_usd": cost or 0.0,
+        "unknown_cost_calls": unknown,
+        "unknown_token_calls": 0,
+        "llm_s": 1.5,
+    }
+    return UsageInfo(calls, tokens_in, out, read, 0, 0, cost, unknown, 1, 0, {"openai/gpt-4o-mini": model})
 
 
 def worker(pid: int = 4242, **kw: Any) -> WorkerInfo:
@@ -86,11 +103,19 @@ def mixed_snapshot(pid: int = 4242, stall: bool = False) -> Snapshot:
             blocks=3,
             slow=True,
             last_block=LastBlock(320.0, 1_700_000_700.0, where),
+            usage=usage(4, 18_400, 12_288, 910, 0.0029),
         ),
         row(
             "8b1d0e77aa01", agent="voice", tenant="acme", cpu_pct=24.0, cpu_s=30.1, duration_s=301.0, tasks=5
         ),
-        row("c0ffee112233", agent="chat", tenant="globex", cpu_pct=3.2, duration_s=12.0),
+        row(
+            "c0ffee112233",
+            agent="chat",
+            tenant="globex",
+            cpu_pct=3.2,
+            duration_s=12.0,
+            usage=usage(2, 2_100, 0, 240, None, unknown=2),
+        ),
         row("d00d00445566", agent="chat", tenant=None, cpu_pct=0.4, state="starting", duration_s=0.0),
         row(
             "e1e1e1778899",
@@ -112,7 +137,8 @@ def mixed_snapshot(pid: int = 4242, stall: bool = False) -> Snapshot:
         blocks.append(
             Block("3f2a9c01d4e5", "support", 1840.0, 1_700_000_750.0, where, STACK, True, "session")
         )
-    return Snapshot(1, 1_700_000_754.0, worker(pid), sessions, blocks)
+    totals = usage(131, 1_250_000, 830_000, 64_000, 0.4123, unknown=3)
+    return Snapshot(1, 1_700_000_754.0, worker(pid, usage=totals), sessions, blocks)
 
 
 def view(snapshot: Snapshot | None, name: str = "4242.sock", **kw: Any) -> WorkerView:

@@ -169,7 +169,7 @@ async def test_a_failed_session_shows_its_error_in_the_table_and_details() -> No
     async with running(source(view(mixed_snapshot()))) as (app, pilot):
         table = app.query_one("#sessions", SessionTable)
         (row,) = [table.cells_of(i) for i in range(table.row_count) if table.cells_of(i)[1] == "e1e1e177"]
-        assert row[13] == "RuntimeError: boom from crasher"
+        assert row.last == "RuntimeError: boom from crasher"
         await pilot.press("f", "f", "f", "f", "enter")  # state=failed, then its details
         await until(pilot, lambda: isinstance(app.screen, SessionScreen))
         assert "error      RuntimeError: boom from crasher" in text_of(app, "#detail")
@@ -225,6 +225,8 @@ async def test_sort_keys() -> None:
         assert shown_ids(app) == ["3f2a9c01", "c0ffee11", "d00d0044", "8b1d0e77", "f4f4f4aa", "e1e1e177"]
         await pilot.press("s")  # cycles on from agent back to cpu
         assert app.sort == "cpu"
+        await pilot.press("dollar_sign")  # no call yet is a known $0; c0ffee11's unknown price goes after it
+        assert app.sort == "cost" and shown_ids(app)[:4] == ["3f2a9c01", "8b1d0e77", "d00d0044", "c0ffee11"]
 
 
 async def test_k_cancels_after_confirmation_only() -> None:

@@ -11,7 +11,7 @@ from openrtc import ProtocolError, SchemaVersionError
 from openrtc.introspection.schema import LastBlock, from_dict
 from openrtc.top.app import make_app
 from openrtc.top.view import Filters, cpu_bar, fmt_age, render_text, select
-from tests.top.fakes import row, source
+from tests.top.fakes import row, source, usage
 
 
 def test_select_filters_and_sorts_slow_first() -> None:
@@ -26,6 +26,33 @@ def test_select_filters_and_sorts_slow_first() -> None:
     assert [r.session_id for r in select(rows, Filters(status="failed"), "cpu")] == ["d"]
     assert [r.session_id for r in select(rows, Filters(tenant="acme"), "cpu")] == ["d"]
     assert [r.session_id for r in select(rows, Filters(search="x.py"), "cpu")] == ["c"]
+
+
+def test_sort_by_cost_puts_unknown_after_every_known_cost() -> None:
+    rows = [
+        row("none"),
+        row("unknown", usage=usage(2, 900, 0, 40, None, unknown=2)),
+        row("cheap", usage=usage(1, 500, 0, 20, 0.0001)),
+        row("dear", usage=usage(9, 9000, 4096, 700, 0.02)),
+        row("free", usage=usage(1, 100, 0, 10, 0.0)),
+    ]
+    assert [r.session_id for r in select(rows, Filters(), "cost")] == [
+        "dear",
+        "cheap",
+        "free",
+        "none",
+        "unknown",
+    ]
+
+
+def test_cost_text_never_shows_a_guess() -> None:
+    from openrtc.top.view import cost_text
+
+    assert cost_text(None) == "" and cost_text(usage(0, 0, 0, 0, None)) == ""
+    assert cost_text(usage(2, 900, 0, 40, None, unknown=2)) == "?"
+    assert cost_text(usage(3, 900, 0, 40, 0.000364, unknown=1)) == "$0.000364?"
+    assert cost_text(usage(3, 900, 0, 40, 12.5)) == "$12.50"
+    assert cost_text(usage(3, 900, 0, 40, 0.0000001)) == "<$0.000001"
 
 
 def test_formatting_helpers() -> None:
