@@ -22,11 +22,28 @@ from textual.widgets import Footer, Input, Static
 
 from openrtc.errors import ConfigError, OpenRTCError
 from openrtc.introspection.schema import SessionRow, Snapshot
-from openrtc.top.render import COLUMNS, detail_text, help_text, stall_text, style_row, worker_label
+from openrtc.top.render import (
+    COLUMNS,
+    USAGE_INDEXES,
+    detail_text,
+    help_text,
+    stall_text,
+    style_row,
+    worker_label,
+)
 from openrtc.top.screens import ConfirmScreen, HelpScreen, SessionScreen
 from openrtc.top.source import Fetch, Source, WorkerView
 from openrtc.top.table import SessionTable
-from openrtc.top.view import SORT_KEYS, STATES, Filters, TablePlan, ongoing_stall, plan_table, worker_line
+from openrtc.top.view import (
+    SORT_KEYS,
+    STATES,
+    Filters,
+    TablePlan,
+    has_usage,
+    ongoing_stall,
+    plan_table,
+    worker_line,
+)
 
 __all__ = ["ConfirmScreen", "HelpScreen", "SessionScreen", "TopApp", "make_app"]
 
@@ -243,6 +260,9 @@ class TopApp(App[None]):
         table = self.query_one("#sessions", SessionTable)
         table.show_column(0, len({path for path, _ in plan.rows.values()}) > 1)
         table.show_column(2, any(row.pid is not None for _, row in plan.rows.values()))
+        llm = any(has_usage(row) for _, row in plan.rows.values())
+        for index in USAGE_INDEXES:
+            table.show_column(index, llm)
         table.set_rows(plan.order, plan.cells)
         self._where = {key: (views[path], row) for key, (path, row) in plan.rows.items()}
 

@@ -8,7 +8,7 @@ from rich.text import Text
 from openrtc.introspection.schema import Block, SessionRow, Snapshot
 from openrtc.top.source import WorkerView
 from openrtc.top.table import Cell, RowCells
-from openrtc.top.view import PlannedRow, detail_lines
+from openrtc.top.view import USAGE_COLUMNS, PlannedRow, detail_lines
 
 COLUMNS: tuple[tuple[str, int, bool], ...] = (
     # (label, width, right-aligned)
@@ -29,6 +29,8 @@ COLUMNS: tuple[tuple[str, int, bool], ...] = (
     ("COST", 10, True),
     ("LAST BLOCK / ERROR", 30, False),
 )
+USAGE_INDEXES = tuple(i for i, (label, _, _) in enumerate(COLUMNS) if label in USAGE_COLUMNS)
+"""IN, OUT, CACHE% and COST: shown while some session in the table has made an LLM call."""
 HELP = """\
 [b]openrtc top[/b]: every session of every local worker, refreshed every {refresh:g}s.
 

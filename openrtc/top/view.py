@@ -92,16 +92,18 @@ def cpu_bar(pct: float, width: int = 10) -> str:
 
 
 def worker_line(s: Snapshot) -> str:
+    """The worker's header: one line, and a second for its LLM usage once it has any."""
     w = s.worker
     cap = w.max_sessions if w.max_sessions is not None else "-"
     info = w.introspection
     flags = "  DRAINING" if w.draining else ""
     usage = ""
-    if w.usage is not None and w.usage.calls:
+    if w.usage is not None and w.usage.calls:  # a line of its own: one line would wrap mid-figure
         u = w.usage
+        unpriced = f" ({u.unknown_cost_calls} calls with no known price)" if u.unknown_cost_calls else ""
         usage = (
-            f"  tokens in {short(u.input_tokens)} out {short(u.output_tokens)} cache {cache_pct(u) or '-'}"
-            f"  cost {cost_text(u) or '-'}"
+            f"\n  llm calls {u.calls:,}  tokens in {short(u.input_tokens)} out {short(u.output_tokens)}"
+            f"  cache {cache_pct(u) or '-'}  cost {cost_text(u) or '-'}{unpriced}"
         )
     return (
         f"worker {w.hostname}:{w.pid}  up {fmt_age(w.uptime_s)}  {w.loop}/{w.isolation}  "
@@ -191,6 +193,18 @@ COLUMNS = (
     "COST",
     "LAST BLOCK / ERROR",
 )
+
+
+USAGE_COLUMNS = ("IN", "OUT", "CACHE%", "COST")
+
+
+def has_usage(r: SessionRow) -> bool:
+    """Whether the session made an LLM call (its usage columns say something)."""
+    return r.usage is not None and r.usage.calls > 0
+
+
+def drop(cells: tuple[str, ...], indexes: set[int]) -> tuple[str, ...]:
+    return tuple(c for i, c in enumerate(cells) if i not in indexes)
 
 
 def last_cell(r: SessionRow) -> str:
@@ -312,6 +326,9 @@ def render_text(snapshots: Sequence[Snapshot], filters: Filters, sort: str, colo
         if any(r.pid is not None for r in selected):  # process isolation: each session's own pid
             header = (COLUMNS[0], "PID", *COLUMNS[1:])
             rows = [(c[0], str(r.pid or "-"), *c[1:]) for c, r in zip(rows, selected, strict=True)]
+        if not any(has_usage(r) for r in selected):  # a worker with no LLM call keeps its width
+            gone = {header.index(name) for name in USAGE_COLUMNS}
+            header, rows = drop(header, gone), [drop(c, gone) for c in rows]
         table = [header, *rows]
         widths = [max(len(row[i]) for row in table) for i in range(len(header))]
         for i, row in enumerate(table):

@@ -144,6 +144,21 @@ async def test_process_sessions_show_their_pid() -> None:
         assert table.cells_of(0)[1:3] == ("3f2a9c01", "9000") and 2 not in table._hidden
 
 
+async def test_usage_columns_show_only_once_a_session_has_made_an_llm_call() -> None:
+    from openrtc.top.render import USAGE_INDEXES
+
+    with_llm = mixed_snapshot()
+    without = replace(with_llm, sessions=[replace(r, usage=None) for r in with_llm.sessions])
+    async with running(FakeSource([Fetch(FOLDER, (view(without),)), Fetch(FOLDER, (view(with_llm),))])) as (
+        app,
+        _,
+    ):
+        table = app.query_one("#sessions", SessionTable)
+        assert len(USAGE_INDEXES) == 4 and set(USAGE_INDEXES) <= table._hidden
+        await app.refresh_now()
+        assert not set(USAGE_INDEXES) & table._hidden
+
+
 async def test_an_ongoing_stall_is_pinned_with_its_line() -> None:
     async with running(source(view(mixed_snapshot(stall=True)))) as (app, _):
         assert app.query_one("#stall").display

@@ -45,6 +45,17 @@ def test_sort_by_cost_puts_unknown_after_every_known_cost() -> None:
     ]
 
 
+def test_once_table_drops_usage_columns_while_no_session_made_an_llm_call() -> None:
+    from tests.top.fakes import mixed_snapshot
+
+    snap = mixed_snapshot()
+    header = render_text([snap], Filters(), "cpu").splitlines()[2].split()
+    assert header[-8:-4] == ["IN", "OUT", "CACHE%", "COST"]
+    bare = replace(snap, sessions=[replace(r, usage=None) for r in snap.sessions])
+    header = render_text([bare], Filters(), "cpu").splitlines()[2].split()
+    assert "IN" not in header and "COST" not in header and header[-4:] == ["LAST", "BLOCK", "/", "ERROR"]
+
+
 def test_cost_text_never_shows_a_guess() -> None:
     from openrtc.top.view import cost_text
 
@@ -89,5 +100,6 @@ def test_once_table_shows_pids_of_process_sessions() -> None:
     assert " PID " not in plain
     with_pids = replace(snap, sessions=[replace(r, pid=9000 + i) for i, r in enumerate(snap.sessions)])
     lines = render_text([with_pids], Filters(), "cpu").splitlines()
-    assert lines[1].split()[:3] == ["SESSION", "PID", "AGENT"]
-    assert lines[2].split()[:3] == ["3f2a9c01", "9000", "support"]
+    assert lines[1].split()[:2] == ["llm", "calls"]  # the worker's usage line, under its header
+    assert lines[2].split()[:3] == ["SESSION", "PID", "AGENT"]
+    assert lines[3].split()[:3] == ["3f2a9c01", "9000", "support"]
