@@ -20,6 +20,7 @@ from openrtc.stats import report
 from openrtc.stats.summary import SessionSummary, from_events, load_session, load_summaries, scan
 from openrtc.usage.eventlog import default_log_dir
 from openrtc.usage.reader import Event, Problems
+from openrtc.usage.totals import usd
 
 log = logging.getLogger("openrtc.stats")
 
@@ -308,15 +309,25 @@ def _compare(args: argparse.Namespace, folder: Path, window: Any, problems: Prob
     b, _ = _one(folder, args.b, problems)
     rows = report.compare(a, b)
 
-    def fmt(value: Any) -> str:
-        return "-" if value is None else f"{value:,.6g}" if isinstance(value, float) else f"{value:,}"
+    def fmt(figure: str, value: Any, sign: str = "") -> str:
+        if value is None:
+            return "-"
+        if figure == "cost usd":
+            return ("-" if value < 0 else sign and "+") + usd(abs(value))
+        if figure.endswith(" s") or figure.endswith("%"):
+            return f"{value:{sign},.3f}" if figure.endswith(" s") else f"{value:{sign}.1f}"
+        return f"{value:{sign},}"
 
     def pct(value: float | None) -> str:
         return "-" if value is None else f"{value:+.1f}%"
 
     text = f"A {a.session_id} ({a.agent})   B {b.session_id} ({b.agent})\n" + report.table(
-        ("FIGURE", "A", "B", "B - A", "%"),
-        [[r["figure"], fmt(r["a"]), fmt(r["b"]), fmt(r["delta"]), pct(r["pct"])] for r in rows],
+        ("FIGURE", "A", "B", "B - A", "% OF A"),
+        [
+            [f, fmt(f, r["a"]), fmt(f, r["b"]), fmt(f, r["delta"], "+"), pct(r["pct"])]
+            for r in rows
+            for f in [r["figure"]]
+        ],
     )
     _out(args, {"a": a.session_id, "b": b.session_id, "figures": rows}, text)
     return 0

@@ -329,16 +329,22 @@ def when(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
 
 
+_FIGURE = re.compile(r"[-?]|[-$?+<]*[\d.,]+[kMG%s]?[+?\d]*( \(\d+ inc\.\))?( [-+][\d.,]+%?)*")
+
+
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Plain text, columns padded; numbers right-aligned."""
+    """Plain text, columns padded; a column of figures (a blank or `-` among them) right-aligned,
+    its header too."""
     widths = [max(len(str(r[i])) for r in (header, *rows)) for i in range(len(header))]
+    right = [
+        i > 0 and bool(rows) and all(not str(r[i]) or _FIGURE.fullmatch(str(r[i])) for r in rows)
+        for i in range(len(header))
+    ]
 
     def line(row: Sequence[str]) -> str:
-        cells = []
-        for i, cell in enumerate(row):
-            text = str(cell)
-            numeric = bool(re.fullmatch(r"[-$?+]?[\d.,]+[kM%s]?[+?\d]*", text)) and i > 0
-            cells.append(text.rjust(widths[i]) if numeric else text.ljust(widths[i]))
+        cells = (
+            str(c).rjust(w) if r else str(c).ljust(w) for c, w, r in zip(row, widths, right, strict=True)
+        )
         return "  ".join(cells).rstrip()
 
     return "\n".join([line(header), *(line(r) for r in rows)]) + "\n"
@@ -377,7 +383,7 @@ USAGE_HEADER = (
 
 def usage_row(group: Group) -> list[str]:
     t = group
-    sessions = f"{group.sessions}" + (f" ({group.incomplete} inc.)" if group.incomplete else "")
+    sessions = f"{group.sessions:,}" + (f" ({group.incomplete} inc.)" if group.incomplete else "")
     return [
         group.name,
         sessions,

@@ -130,6 +130,12 @@ def test_compare_and_export(logged: dict[str, Any], tmp_path: Path) -> None:
     figures = {f["figure"]: f for f in two["figures"]}
     assert figures["calls"] == {"figure": "calls", "a": 2, "b": 3, "delta": 1, "pct": 50.0}
     assert figures["input tokens"]["pct"] == 100.0  # 3000 -> 6000
+    ids = (ended[-1]["session_id"], globex["session_id"])
+    text = run_cli("stats", "compare", *ids, "--log-dir", str(log_dir)).stdout.splitlines()
+    assert text[1].split()[:3] == ["FIGURE", "A", "B"]
+    row = {line[:18].strip(): line[18:].split() for line in text[2:]}  # the FIGURE column is 18 wide
+    assert row["calls"] == ["2", "3", "+1", "+50.0%"]
+    assert row["input tokens"] == ["3,000", "6,000", "+3,000", "+100.0%"]
     out = tmp_path / "sessions.csv"
     done = run_cli("stats", "export", "--format", "csv", "-o", str(out), "--log-dir", str(log_dir))
     assert done.returncode == 0 and "4 sessions written" in done.stderr

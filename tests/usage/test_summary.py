@@ -53,3 +53,18 @@ def test_an_id_prefix_finds_one_session_and_says_when_it_is_ambiguous(tmp_path: 
     with pytest.raises(LookupError, match="2 sessions start with 'abcdef'"):
         load_session(folder, "abcdef", problems)
     assert load_session(folder, "abc", problems) == []  # too short to be a prefix
+
+
+def test_a_column_of_figures_is_right_aligned_with_its_blanks_and_header() -> None:
+    from openrtc.stats.report import table
+
+    text = table(
+        ("AGENT", "SESSIONS", "COST"),
+        [["chat", "1,981 (49 inc.)", "$1.5250"], ["blocking", "77", "-"], ["parser", "5", "?"]],
+    )
+    assert text.splitlines() == [
+        "AGENT            SESSIONS     COST",
+        "chat      1,981 (49 inc.)  $1.5250",
+        "blocking               77        -",
+        "parser                  5        ?",
+    ]
