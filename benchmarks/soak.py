@@ -1,14 +1,18 @@
 """Soak test (issue 7): a worker under session churn for SOAK_SECONDS, watched from outside.
 
 A real worker (`openrtc start`) runs the example agents (all but `leaky`, which leaks on purpose) plus
-a `flaky` agent that fails a third of the time. A driver dispatches about 50 sessions a second with
-lifetimes from 0.1 to 10 s, and `openrtc top --once --json` is polled every second. Around the churn,
-two idle phases (no session, ended rows expired) measure the worker at rest.
+a `flaky` agent that fails a third of the time; `chat` talks to the demo's simulated OpenAI-compatible
+endpoint through the real `openai` SDK, so every call is recorded, priced and written to the event
+log. A driver dispatches about 50 sessions a second (75 in the warm-up) with lifetimes from 0.1 to
+10 s, and `openrtc top --once --json` is polled every second. Around the churn, two idle phases (no
+session, ended rows expired) measure the worker at rest.
 
 It fails (exit 1) when, from the first idle phase to the last:
 - the worker's RSS grew by more than 5 MB,
 - its open fds or threads grew,
-- or sessions (ended ones included) are still listed once idle: their state was never released.
+- or sessions (ended ones included) are still listed once idle: their state was never released;
+- or, after the worker drained and exited, `openrtc stats usage` does not find every session it
+  started in the event log, each with its end, and the LLM calls the chat sessions made.
 
 The report goes to benchmarks/out/soak/: `report.md` (the verdict and a table over time), `soak.png`
 (RSS, fds, threads, loop lag p99, snapshot size and active sessions over time), `samples.json`.
@@ -41,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "out" / "soak"
 OPENRTC = str(Path(sys.executable).with_name("openrtc"))
 RATE = 50.0
+WARMUP_HOTTER = 1.5
 RSS_GROWTH_LIMIT_MB = 5.0
 MIX = {"chat": 40, "support": 20, "voice": 10, "blocking_fixed": 10, "flaky": 12, "parser": 5, "blocking": 3}
 FLAKY = '''\
@@ -60,20 +65,23 @@ async def entrypoint(session):
 def lifetime_metadata(agent: str) -> dict[str, Any]:
     """Metadata giving a session of `agent` a life of about 0.1 to 10 s."""
     life = random.uniform(0.1, 10.0)
+    # support: ~0.5 s a turn. chat: one streamed LLM call a turn (~0.6 s), a quarter as many turns:
+    # as many as support's would be ~200 streamed calls a second, enough to saturate the worker's loop
     return {
         "caller": f"soak-{random.randrange(10_000)}",
         "life": life,
-        "turns": max(1, round(life / 0.5)),  # chat and support: ~0.5 s a turn; parser ~0.2 s
+        "turns": max(1, round(life / (2.0 if agent == "chat" else 0.5))),
         "frames": max(5, round(life / 0.02)),  # voice: 20 ms frames
     }
 
 
 class Driver(threading.Thread):
-    """Dispatches the mix at RATE per second until stopped."""
+    """Dispatches the mix at `rate` per second until stopped."""
 
-    def __init__(self, socket: Path) -> None:
+    def __init__(self, socket: Path, rate: float) -> None:
         super().__init__(name="soak-driver", daemon=True)
         self.socket = socket
+        self.rate = rate
         self.stop = threading.Event()
         self.dispatched = 0
         self.refused = 0
@@ -89,7 +97,7 @@ class Driver(threading.Thread):
                     self.dispatched += 1
                 except OpenRTCError:
                     self.refused += 1
-                next_at += 1.0 / RATE
+                next_at += 1.0 / self.rate
                 self.stop.wait(max(0.0, next_at - time.monotonic()))
 
 
@@ -174,7 +182,16 @@ def main() -> int:
     shutil.copytree(ROOT / "agents_example", agents, ignore=shutil.ignore_patterns("leaky.py", "__pycache__"))
     (agents / "flaky.py").write_text(FLAKY)
     socket = home / "worker.sock"
-    env = {**os.environ, "XDG_RUNTIME_DIR": str(home)}
+    events = home / "events"
+    # In a process of its own: on a thread here it would take the GIL from the driver.
+    llm = subprocess.Popen([sys.executable, "-m", "openrtc.cli.llmsim"], stdout=subprocess.PIPE, text=True)
+    assert llm.stdout is not None
+    env = {
+        **os.environ,
+        "XDG_RUNTIME_DIR": str(home),
+        "OPENAI_BASE_URL": llm.stdout.readline().strip(),
+        "OPENAI_API_KEY": "soak-no-key",
+    }
     log_path = OUT / "worker.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
@@ -190,6 +207,8 @@ def main() -> int:
                 "warning",
                 "--drain-timeout",
                 "5",
+                "--log-dir",
+                str(events),
             ],
             stderr=log,
             env=env,
@@ -203,11 +222,13 @@ def main() -> int:
             time.sleep(0.05)
         worker = psutil.Process(proc.pid)
         t0 = time.monotonic()
-        warmup = min(120.0, max(30.0, seconds / 4), seconds / 2)  # peak allocations happen here
-        phases = [("warm-up", warmup), ("churn", seconds - warmup)]
+        warmup = min(120.0, max(30.0, seconds / 4), seconds / 2)
+        # The warm-up runs hotter than the churn, so that its peaks of active sessions (and the
+        # allocator's high-water mark they leave) cover the churn's: growth after it is the churn's own.
+        phases = [("warm-up", warmup, RATE * WARMUP_HOTTER), ("churn", seconds - warmup, RATE)]
         rest: list[dict[str, Any]] = []
-        for name, length in phases:
-            driver = Driver(socket)
+        for name, length, rate in phases:
+            driver = Driver(socket, rate)
             driver.start()
             end = next_at = time.monotonic()
             end += length
@@ -237,12 +258,38 @@ def main() -> int:
     finally:
         proc.terminate()
         proc.wait(30)
+        llm.terminate()
+        llm.wait(10)
+    if samples:
+        verdict.append(event_log_check(env, events, samples[-1]["started"]))
     (OUT / "samples.json").write_text(json.dumps(samples, indent=1))
     plot(samples, OUT / "soak.png")
     write_report(samples, verdict, seconds, proc.returncode)
     print("\n".join(verdict))
     print(f"report: {OUT / 'report.md'}")
     return 0 if all(line.startswith("ok") for line in verdict) and proc.returncode == 0 else 1
+
+
+def event_log_check(env: dict[str, str], events: Path, started: int) -> str:
+    """Whether the event log holds every session the worker started, each ended, with LLM calls."""
+    out = subprocess.run(
+        [OPENRTC, "stats", "usage", "--json", "--log-dir", str(events)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    if out.returncode != 0:
+        return f"FAIL stats usage exited {out.returncode}: {out.stderr.strip()}"
+    total = json.loads(out.stdout)["total"]
+    cost = "unknown" if total["cost_usd"] is None else f"${total['cost_usd']:.4f}"
+    ok = total["sessions"] == started and total["incomplete"] == 0 and total["calls"] > 0
+    return (
+        f"{'ok   ' if ok else 'FAIL '}event log: {total['sessions']} of {started} sessions, "
+        f"{total['incomplete']} without an end, {total['calls']:,} LLM calls, "
+        f"cost {cost} ({total['unknown_cost_calls']} calls unpriced)"
+    )
 
 
 def write_report(

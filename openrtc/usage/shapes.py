@@ -41,6 +41,15 @@ def field_of(obj: Any, name: str) -> Any:
         return None
     if isinstance(obj, dict):
         return obj.get(name)
+    fields = getattr(obj, "__dict__", None)
+    if fields is not None:
+        if name in fields:
+            return fields[name]
+        # The SDKs' pydantic models keep unknown fields (a provider's `cost`) apart; asking one for
+        # a field it lacks raises inside pydantic, which costs microseconds: look there instead.
+        extra = getattr(obj, "__pydantic_extra__", None)
+        if isinstance(extra, dict):
+            return extra.get(name)
     return getattr(obj, name, None)
 
 
