@@ -39,6 +39,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_top.py
 	$(BIN)/python benchmarks/bench_process.py
 	$(BIN)/python benchmarks/bench_clients.py
+	$(BIN)/python benchmarks/bench_hostile.py
+	$(BIN)/python benchmarks/bench_memory_limit.py
 	$(BIN)/python benchmarks/bench_usage.py
 
 clean:
