@@ -24,7 +24,8 @@ from openrtc.usage.totals import usd
 
 log = logging.getLogger("openrtc.stats")
 
-EXPORT_FORMATS = ("json", "csv", "markdown")
+EXPORT_FORMATS = ("json", "csv", "markdown", "html")
+SUFFIXES = {".json": "json", ".csv": "csv", ".md": "markdown", ".html": "html", ".htm": "html"}
 EXPORT_COLUMNS = (
     "session_id",
     "agent",
@@ -127,12 +128,16 @@ def add_parser(sub: Any) -> None:
     two.add_argument("b", metavar="B")
     export = commands.add_parser(
         "export",
-        help="every session's summary, as JSON, CSV or Markdown",
+        help="every session's summary, as JSON, CSV, Markdown or HTML",
         description="Every session's summary (of the window): JSON (a list, with the calls per model), "
-        "CSV or Markdown (a row per session).",
+        "CSV, Markdown or an HTML page (a row per session).",
     )
     common(export)
-    export.add_argument("--format", choices=EXPORT_FORMATS, default="json", help="(default: json)")
+    export.add_argument(
+        "--format",
+        choices=EXPORT_FORMATS,
+        help="(default: from the -o file's extension, .json .csv .md .html; else json)",
+    )
     export.add_argument("-o", "--output", type=Path, metavar="FILE", help="write here (default: stdout)")
 
 
@@ -338,12 +343,16 @@ def _export(args: argparse.Namespace, folder: Path, window: Any, problems: Probl
     if not summaries:
         return _nothing(folder, "no session matches")
     docs = [s.as_dict() for s in summaries]
-    if args.format == "json" or args.json:
+    kind = args.format or (SUFFIXES.get(args.output.suffix.lower()) if args.output else None) or "json"
+    rows = [[("" if d.get(c) is None else str(d.get(c))) for c in EXPORT_COLUMNS] for d in docs]
+    if kind == "json" or args.json:
         text = json.dumps(docs, indent=2, default=str) + "\n"
-    elif args.format == "csv":
+    elif kind == "csv":
         text = report.csv_text(docs, EXPORT_COLUMNS)
+    elif kind == "html":
+        subtitle = f"{len(docs)} sessions from {folder}, exported {report.when(time.time())} UTC"
+        text = report.html_page("openrtc sessions", subtitle, EXPORT_COLUMNS, rows)
     else:
-        rows = [[("" if d.get(c) is None else str(d.get(c))) for c in EXPORT_COLUMNS] for d in docs]
         text = report.markdown(EXPORT_COLUMNS, rows)
     if args.output is not None:
         args.output.write_text(text)

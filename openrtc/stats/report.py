@@ -6,6 +6,7 @@ from __future__ import annotations
 import calendar
 import csv
 import heapq
+import html
 import io
 import math
 import re
@@ -357,6 +358,39 @@ def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     out = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
     return "\n".join(out) + "\n"
+
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font: 13px system-ui, sans-serif; margin: 1.5em; color: #222; }}
+table {{ border-collapse: collapse; }}
+th, td {{ padding: 2px 8px; border-bottom: 1px solid #ddd; white-space: nowrap; }}
+th {{ text-align: left; background: #f4f4f4; position: sticky; top: 0; }}
+td.n {{ text-align: right; font-variant-numeric: tabular-nums; }}
+</style></head>
+<body><h1>{title}</h1><p>{subtitle}</p>
+<table><thead><tr>{head}</tr></thead><tbody>
+{body}
+</tbody></table></body></html>
+"""
+
+
+def html_page(title: str, subtitle: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A page of its own (no script, no outside file): the table, figures right-aligned, every cell
+    escaped."""
+    numeric = re.compile(r"-?[\d.,]+(e-?\d+)?")
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "\n".join(
+        "<tr>"
+        + "".join(
+            f'<td class="n">{html.escape(c)}</td>' if numeric.fullmatch(c) else f"<td>{html.escape(c)}</td>"
+            for c in row
+        )
+        + "</tr>"
+        for row in rows
+    )
+    return _PAGE.format(title=html.escape(title), subtitle=html.escape(subtitle), head=head, body=body)
 
 
 def csv_text(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:

@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import time
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,30 @@ def test_compare_and_export(logged: dict[str, Any], tmp_path: Path) -> None:
     assert len(rows) == 4 and {r["state"] for r in rows} == {"ended", "incomplete"}
     md = run_cli("stats", "export", "--format", "markdown", "--log-dir", str(log_dir)).stdout
     assert md.startswith("| session_id | agent |") and md.count("\n") == 6
+    page = tmp_path / "sessions.html"  # the format from the extension
+    assert run_cli("stats", "export", "-o", str(page), "--log-dir", str(log_dir)).returncode == 0
+    parsed = HTMLCells()
+    parsed.feed(page.read_text())
+    assert parsed.cells[0][:2] == ["session_id", "agent"] and len(parsed.cells) == 1 + 4
+    assert {row[0] for row in parsed.cells[1:]} == {r["session_id"] for r in rows}
+
+
+class HTMLCells(HTMLParser):
+    """The text of each table row's cells."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cells: list[list[str]] = []
+
+    def handle_starttag(self, tag: str, attrs: Any) -> None:
+        if tag == "tr":
+            self.cells.append([])
+        elif tag in ("td", "th"):
+            self.cells[-1].append("")
+
+    def handle_data(self, data: str) -> None:
+        if self.cells and self.cells[-1]:
+            self.cells[-1][-1] += data
 
 
 def test_a_corrupt_line_is_skipped_with_its_file_and_line(logged: dict[str, Any]) -> None:
