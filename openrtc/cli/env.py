@@ -73,6 +73,13 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def port(text: str) -> int:
+    value = int(_number(text, int))
+    if not 0 <= value <= 65535:
+        raise BadValue(f"must be a TCP port, 0-65535 (0: any free one), got {text}")
+    return value
+
+
 def _path(text: str) -> Path:
     if not text.strip():
         raise ValueError("expected a path, got an empty value")
@@ -98,6 +105,8 @@ WORKER_TWINS = (
     EnvTwin("log_retain", "OPENRTC_LOG_RETAIN", str),
     EnvTwin("pricing", "OPENRTC_PRICING", _path),
     EnvTwin("record_content", "OPENRTC_RECORD_CONTENT", _bool),
+    EnvTwin("metrics_port", "OPENRTC_METRICS_PORT", port),
+    EnvTwin("metrics_addr", "OPENRTC_METRICS_ADDR", str),
 )
 STATS_TWINS = (EnvTwin("log_dir", "OPENRTC_LOG_DIR", _path),)
 

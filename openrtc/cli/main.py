@@ -99,6 +99,7 @@ def _run_worker(parser: argparse.ArgumentParser, args: argparse.Namespace, reloa
             drain_timeout_s=args.drain_timeout,
             socket_path=args.socket,
             usage=usage,
+            hooks=_plug_ins(args),
         )
         factory = loop_factory(args.loop)
         found = pool.discover(args.agents_dir)
@@ -126,6 +127,16 @@ def _run_worker(parser: argparse.ArgumentParser, args: argparse.Namespace, reloa
         log.error("%s", exc)
         return 1
     return 0
+
+
+def _plug_ins(args: argparse.Namespace) -> list[Any]:
+    """The hooks the flags ask for, each from its own package."""
+    hooks: list[Any] = []
+    if args.metrics_port is not None:
+        from openrtc.metrics import MetricsConfig, MetricsHook
+
+        hooks.append(MetricsHook(MetricsConfig(args.metrics_port, args.metrics_addr)))
+    return hooks
 
 
 def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

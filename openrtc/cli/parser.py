@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from openrtc import __version__
-from openrtc.cli.env import non_negative_float, positive_float, positive_int
+from openrtc.cli.env import non_negative_float, port, positive_float, positive_int
 from openrtc.top.view import SORT_KEYS, STATES
 
 
@@ -120,6 +120,20 @@ def _worker_flags(parser: argparse.ArgumentParser) -> None:
         "--record-content",
         action="store_true",
         help="keep prompts and outputs in the event log (off: never written) [OPENRTC_RECORD_CONTENT=1]",
+    )
+    m = parser.add_argument_group("metrics")
+    m.add_argument(
+        "--metrics-port",
+        type=port,
+        metavar="PORT",
+        help="serve Prometheus metrics on http://ADDR:PORT/metrics (0: any free port, logged) "
+        "[OPENRTC_METRICS_PORT] (default: none)",
+    )
+    m.add_argument(
+        "--metrics-addr",
+        default="127.0.0.1",
+        metavar="ADDR",
+        help="the metrics address [OPENRTC_METRICS_ADDR] (default: 127.0.0.1, this machine only)",
     )
 
 
