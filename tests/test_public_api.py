@@ -47,6 +47,8 @@ def test_public_module_attributes_are_exactly_all() -> None:
         "runtime",
         "usage",
         "stats",
+        "capacity",
+        "metrics",
         "introspection",
         "top",
         "cli",

@@ -105,6 +105,10 @@ WORKER_TWINS = (
     EnvTwin("log_retain", "OPENRTC_LOG_RETAIN", str),
     EnvTwin("pricing", "OPENRTC_PRICING", _path),
     EnvTwin("record_content", "OPENRTC_RECORD_CONTENT", _bool),
+    EnvTwin("classes", "OPENRTC_CLASSES", str),
+    EnvTwin("model_arch", "OPENRTC_MODEL_ARCH", str),
+    EnvTwin("kv_dtype", "OPENRTC_KV_DTYPE", _choice("bf16", "fp16", "fp8", "int8", "int4")),
+    EnvTwin("kv_warn_gb", "OPENRTC_KV_WARN_GB", positive_float),
     EnvTwin("metrics_port", "OPENRTC_METRICS_PORT", port),
     EnvTwin("metrics_addr", "OPENRTC_METRICS_ADDR", str),
 )

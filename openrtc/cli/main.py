@@ -54,6 +54,10 @@ def _main(argv: Sequence[str] | None) -> int:
         if args.log_dir is None and "log_dir" in stats_defaults:
             args.log_dir = stats_defaults["log_dir"]
         return run_stats(parser.commands["stats"], args)
+    if args.command == "capacity":
+        from openrtc.cli.capacity import run as run_capacity
+
+        return run_capacity(args.command_parser, args)
     if args.command == "dispatch":
         return _dispatch(parser.commands["dispatch"], args)
     if args.command == "list":
@@ -131,7 +135,13 @@ def _run_worker(parser: argparse.ArgumentParser, args: argparse.Namespace, reloa
 
 def _plug_ins(args: argparse.Namespace) -> list[Any]:
     """The hooks the flags ask for, each from its own package."""
-    hooks: list[Any] = []
+    from openrtc.capacity import CapacityConfig, CapacityHook, Classes
+    from openrtc.capacity.arch import load
+
+    arch = load(args.model_arch) if args.model_arch else None
+    hooks: list[Any] = [
+        CapacityHook(CapacityConfig(Classes.parse(args.classes), arch, args.kv_dtype, args.kv_warn_gb))
+    ]
     if args.metrics_port is not None:
         from openrtc.metrics import MetricsConfig, MetricsHook
 
@@ -192,7 +202,7 @@ def _top(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error("--json needs --once")
     if args.session and not args.once:
         parser.error("--session needs --once (in the live view, press enter on a row)")
-    filters = Filters(agent=args.agent, tenant=args.tenant, status=args.status)
+    filters = Filters(agent=args.agent, tenant=args.tenant, status=args.status, token_class=args.token_class)
     if args.once:
         color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
         return run_once(args.socket, args.json, filters, args.sort, color=color, session=args.session)

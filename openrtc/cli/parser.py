@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from openrtc import __version__
+from openrtc.capacity.classes import DEFAULT_TEXT as DEFAULT_CLASSES
 from openrtc.cli.env import non_negative_float, port, positive_float, positive_int
 from openrtc.top.view import SORT_KEYS, STATES
 
@@ -121,6 +122,33 @@ def _worker_flags(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="keep prompts and outputs in the event log (off: never written) [OPENRTC_RECORD_CONTENT=1]",
     )
+    c = parser.add_argument_group("token classes and KV cache")
+    c.add_argument(
+        "--classes",
+        default=DEFAULT_CLASSES,
+        metavar="NAME=MAX,...",
+        help="classes by cumulative tokens, upper bounds inclusive, the last one open "
+        f"[OPENRTC_CLASSES] (default: {DEFAULT_CLASSES},extreme)",
+    )
+    c.add_argument(
+        "--model-arch",
+        metavar="NAME|PATH",
+        help="the served model, for KV-cache estimates: a built-in name (see `openrtc capacity plan "
+        "--help`) or a Hugging Face config.json [OPENRTC_MODEL_ARCH] (default: no estimate)",
+    )
+    c.add_argument(
+        "--kv-dtype",
+        choices=("bf16", "fp16", "fp8", "int8", "int4"),
+        default="bf16",
+        help="the KV cache's type [OPENRTC_KV_DTYPE] (default: bf16)",
+    )
+    c.add_argument(
+        "--kv-warn-gb",
+        type=positive_float,
+        metavar="GB",
+        help="warn once when the worker's KV estimate reaches GB, clear below 90%% of it "
+        "[OPENRTC_KV_WARN_GB] (default: never)",
+    )
     m = parser.add_argument_group("metrics")
     m.add_argument(
         "--metrics-port",
@@ -211,6 +239,7 @@ def build_parser(worker_defaults: dict[str, Any] | None = None) -> Parser:
     top.add_argument("--sort", choices=SORT_KEYS, default="cpu", help="sort sessions by (default: cpu)")
     top.add_argument("--agent", help="only sessions of this agent")
     top.add_argument("--tenant", help="only sessions of this tenant")
+    top.add_argument("--class", dest="token_class", metavar="CLASS", help="only sessions of this token class")
     top.add_argument("--status", choices=STATES, help="only sessions in this state")
     top.add_argument(
         "--session",
@@ -219,9 +248,11 @@ def build_parser(worker_defaults: dict[str, Any] | None = None) -> Parser:
         "prefix will do",
     )
 
+    from openrtc.cli.capacity import add_parser as add_capacity
     from openrtc.cli.stats import add_parser as add_stats
 
     add_stats(sub)
+    add_capacity(sub)
 
     demo = sub.add_parser(
         "demo",

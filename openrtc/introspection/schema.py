@@ -154,6 +154,11 @@ class WorkerInfo:
     `draining`...)."""
     usage: UsageInfo | None = None
     """What all its sessions recorded since the worker started."""
+    classes: dict[str, int] | None = None
+    """Its live sessions by token class, each once; None when none has a class (no capacity hook, or
+    no live session)."""
+    kv_bytes: int | None = None
+    """Its live sessions' KV-cache estimates, summed; None when none has one (no model architecture)."""
 
 
 @dataclass(frozen=True)
@@ -212,6 +217,12 @@ class SessionRow:
     happened to its process; cut to `ERROR_MAX_CHARS`. None unless it failed."""
     usage: UsageInfo | None = None
     """What it recorded of its LLM calls and tools."""
+    token_class: str | None = None
+    """Its class by cumulative tokens (`light`, `medium`, `heavy`, `extreme` by default); None without
+    the capacity hook."""
+    kv_bytes: int | None = None
+    """Its KV-cache estimate now: its current context (the last call's input plus output tokens) x the
+    model's KV bytes per token; 0 once it ended; None without a model architecture (`--model-arch`)."""
 
 
 @dataclass(frozen=True)

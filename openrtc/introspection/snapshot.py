@@ -48,6 +48,19 @@ def share_pct(busy_s: float, span_s: float) -> float:
     return max(0.0, min(100.0, busy_s / span_s * 100)) if span_s > 0 else 0.0
 
 
+def capacity_totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The worker's mix (live sessions by class, each once) and KV estimate, from its rows."""
+    live = [r for r in rows if r["state"] not in ("ended", "failed", "cancelled")]
+    if all(r["token_class"] is None for r in live):
+        return {"classes": None, "kv_bytes": None}
+    classes: dict[str, int] = {}
+    for r in live:
+        if r["token_class"] is not None:
+            classes[r["token_class"]] = classes.get(r["token_class"], 0) + 1
+    kv = [r["kv_bytes"] for r in live if r["kv_bytes"] is not None]
+    return {"classes": classes, "kv_bytes": sum(kv) if kv else None}
+
+
 def usage_info(totals: Totals | None) -> dict[str, Any] | None:
     """A `UsageInfo` in its wire form."""
     if totals is None:
@@ -139,6 +152,7 @@ def build_snapshot(
     )
     worker_plain = plain(worker)
     worker_plain["usage"] = usage_info(worker_usage)
+    worker_plain.update(capacity_totals(rows))
     blocks = list(monitor.blocks)
     if ongoing is not None:
         blocks.append(ongoing)
@@ -230,4 +244,16 @@ def _row(
         "last_block": plain(last_block) if last_block is not None else None,
         "error": session.error_text,
         "usage": usage_info(getattr(session.usage, "totals", None)),
+        **capacity_fields(session.capacity, active),
+    }
+
+
+def capacity_fields(capacity: Any, active: bool) -> dict[str, Any]:
+    """The capacity hook's class and KV estimate of a session (`session.capacity`, read, not imported)."""
+    if capacity is None:
+        return {"token_class": None, "kv_bytes": None}
+    kv = capacity.kv_bytes
+    return {
+        "token_class": capacity.token_class,
+        "kv_bytes": None if kv is None else round(kv) if active else 0,
     }

@@ -195,12 +195,32 @@ class _Collector:
         view = self._hook._view
         sessions = GaugeMetricFamily("openrtc_sessions", "Active sessions by state.", labels=["state"])
         counts: dict[str, int] = dict.fromkeys(("starting", "running", "draining"), 0)
+        classes: dict[str, int] = {}
+        kv: float | None = None
         for session in view.sessions() if view is not None else ():
             state = session.state.value
             counts[state] = counts.get(state, 0) + 1
+            capacity = session.capacity  # the capacity hook's, when the pool has one (read, not imported)
+            if capacity is not None:
+                classes[capacity.token_class] = classes.get(capacity.token_class, 0) + 1
+                if capacity.kv_bytes is not None:
+                    kv = (kv or 0.0) + capacity.kv_bytes
         for state, n in counts.items():
             sessions.add_metric([state], n)
         yield sessions
+        by_class = GaugeMetricFamily(
+            "openrtc_sessions_by_class", "Live sessions by token class (each once).", labels=["class"]
+        )
+        for name, n in classes.items():
+            by_class.add_metric([name], n)
+        yield by_class
+        if kv is not None:
+            estimate = GaugeMetricFamily(
+                "openrtc_kv_cache_estimated_bytes",
+                "The live sessions' KV cache, from their current contexts.",
+            )
+            estimate.add_metric([], kv)
+            yield estimate
         rss = GaugeMetricFamily("openrtc_worker_rss_bytes", "The worker process's resident memory.")
         rss.add_metric([], float(_rss_bytes()))
         yield rss

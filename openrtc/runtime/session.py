@@ -58,6 +58,7 @@ class Session:
         "_root",
         "agent",
         "attempt",
+        "capacity",
         "draining",
         "ended_at",
         "error",
@@ -127,6 +128,9 @@ class Session:
         self.usage: Any = None
         """What the session records of its LLM calls and tools (`session.usage.record(...)`): set by the
         usage hook (`openrtc.usage`), which `openrtc.AgentPool` always has."""
+        self.capacity: Any = None
+        """The session's token class and KV-cache estimate, set by the capacity hook
+        (`openrtc.capacity`), None without it."""
         self._emit: Callable[[str, dict[str, Any]], None] | None = None
         self._root: asyncio.Task[None] | None = None
         self._cancel_reason: str | None = None

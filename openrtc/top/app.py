@@ -23,7 +23,9 @@ from textual.widgets import Footer, Input, Static
 from openrtc.errors import ConfigError, OpenRTCError
 from openrtc.introspection.schema import SessionRow, Snapshot
 from openrtc.top.render import (
+    CLASS_INDEX,
     COLUMNS,
+    KV_INDEX,
     USAGE_INDEXES,
     detail_text,
     help_text,
@@ -74,6 +76,7 @@ class TopApp(App[None]):
         Binding("f", "cycle_filter('status')", "state"),
         Binding("a", "cycle_filter('agent')", "agent"),
         Binding("t", "cycle_filter('tenant')", "tenant"),
+        Binding("l", "cycle_filter('token_class')", "class", show=False),
         Binding("w", "cycle_worker", "worker"),
         Binding("x", "clear_filters", "clear"),
         Binding("k", "cancel_session", "cancel"),
@@ -236,6 +239,7 @@ class TopApp(App[None]):
             ("state", f.status),
             ("agent", f.agent),
             ("tenant", f.tenant),
+            ("class", f.token_class),
             ("search", f.search),
         ):
             if value is not None:
@@ -263,6 +267,8 @@ class TopApp(App[None]):
         llm = any(has_usage(row) for _, row in plan.rows.values())
         for index in USAGE_INDEXES:
             table.show_column(index, llm)
+        table.show_column(CLASS_INDEX, any(row.token_class is not None for _, row in plan.rows.values()))
+        table.show_column(KV_INDEX, any(row.kv_bytes is not None for _, row in plan.rows.values()))
         table.set_rows(plan.order, plan.cells)
         self._where = {key: (views[path], row) for key, (path, row) in plan.rows.items()}
 

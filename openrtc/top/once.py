@@ -57,6 +57,7 @@ def _filtered(doc: dict[str, object], filters: Filters) -> dict[str, object]:
         for r in rows
         if (filters.agent is None or r["agent"] == filters.agent)
         and (filters.tenant is None or r["tenant"] == filters.tenant)
+        and (filters.token_class is None or r.get("token_class") == filters.token_class)
         and (filters.status is None or r["state"] == filters.status)
     ]
     return doc

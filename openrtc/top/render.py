@@ -27,15 +27,19 @@ COLUMNS: tuple[tuple[str, int, bool], ...] = (
     ("OUT", 6, True),
     ("CACHE%", 6, True),
     ("COST", 10, True),
+    ("CLASS", 7, False),
+    ("KV", 7, True),
     ("LAST BLOCK / ERROR", 30, False),
 )
 USAGE_INDEXES = tuple(i for i, (label, _, _) in enumerate(COLUMNS) if label in USAGE_COLUMNS)
+CLASS_INDEX = next(i for i, (label, _, _) in enumerate(COLUMNS) if label == "CLASS")
+KV_INDEX = CLASS_INDEX + 1
 """IN, OUT, CACHE% and COST: shown while some session in the table has made an LLM call."""
 HELP = """\
 [b]openrtc top[/b]: every session of every local worker, refreshed every {refresh:g}s.
 
 [b]Sort[/b]     s cycle   c CPU   m memory   o age   b blocks   $ cost   n agent
-[b]Filter[/b]   / search   f state   a agent   t tenant   w worker   x clear all
+[b]Filter[/b]   / search   f state   a agent   t tenant   l class   w worker   x clear all
 [b]Session[/b]  enter details (every field, recent blocks with stacks)   k cancel (asks first)
 [b]View[/b]     p pause/resume   ? this help   esc back   q quit
 
@@ -74,7 +78,16 @@ def style_row(key: str, cells: RowCells) -> list[Cell]:
     elif row.state_value == "ended":
         state = (row.state, "dim")
     plain: list[Cell] = [(text, "") for text in (row.worker, row.session, row.pid, row.agent, row.tenant)]
-    numbers = (row.mem, row.blocks, row.tokens_in, row.tokens_out, row.cache, row.cost)
+    numbers = (
+        row.mem,
+        row.blocks,
+        row.tokens_in,
+        row.tokens_out,
+        row.cache,
+        row.cost,
+        row.token_class,
+        row.kv,
+    )
     return [*plain, state, (row.age, ""), (row.cpu, ""), bar, *((text, "") for text in numbers), last]
 
 

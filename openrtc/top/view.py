@@ -25,6 +25,8 @@ class Filters:
     """Only this tenant."""
     status: str | None = None
     """Only this state."""
+    token_class: str | None = None
+    """Only this token class."""
     search: str | None = None
     """Only rows whose id, agent, tenant or last block contain this text."""
 
@@ -40,6 +42,7 @@ def passes(row: SessionRow, filters: Filters) -> bool:
         (filters.agent is None or row.agent == filters.agent)
         and (filters.tenant is None or row.tenant == filters.tenant)
         and (filters.status is None or row.state == filters.status)
+        and (filters.token_class is None or row.token_class == filters.token_class)
         and (filters.search is None or _matches(row, filters.search))
     )
 
@@ -105,6 +108,10 @@ def worker_line(s: Snapshot) -> str:
             f"\n  llm calls {u.calls:,}  tokens in {short(u.input_tokens)} out {short(u.output_tokens)}"
             f"  cache {cache_pct(u) or '-'}  cost {cost_text(u) or '-'}{unpriced}"
         )
+        if w.classes:
+            usage += "  classes " + " ".join(f"{name} {n}" for name, n in w.classes.items() if n)
+        if w.kv_bytes is not None:
+            usage += f"  kv {fmt_bytes(w.kv_bytes)}"
     return (
         f"worker {w.hostname}:{w.pid}  up {fmt_age(w.uptime_s)}  {w.loop}/{w.isolation}  "
         f"rss {w.rss_mb:.0f}MB  "
@@ -191,11 +198,24 @@ COLUMNS = (
     "OUT",
     "CACHE%",
     "COST",
+    "CLASS",
+    "KV",
     "LAST BLOCK / ERROR",
 )
 
 
 USAGE_COLUMNS = ("IN", "OUT", "CACHE%", "COST")
+
+
+def fmt_bytes(n: float | None) -> str:
+    """A byte count in at most 7 characters: 512.0MB, 1.20GB, 12.3GB (10^6 and 10^9, as GPUs count)."""
+    if n is None:
+        return ""
+    if n >= 9.995e9:
+        return f"{n / 1e9:.1f}GB"
+    if n >= 0.9995e9:
+        return f"{n / 1e9:.2f}GB"
+    return f"{n / 1e6:.1f}MB"
 
 
 def has_usage(r: SessionRow) -> bool:
@@ -230,6 +250,8 @@ def row_cells(r: SessionRow) -> tuple[str, ...]:
         str(r.tasks),
         str(r.blocks),
         *usage_cells(r.usage),
+        r.token_class or "",
+        fmt_bytes(r.kv_bytes),
         last,
     )
 
@@ -277,6 +299,10 @@ def detail_lines(row: SessionRow, snapshot: Snapshot, socket_path: Path | None) 
             else ""
         )
         fields.append(("cost", f"{cost_text(u) or '-'}{unknown}"))
+    if row.token_class is not None:
+        fields.append(("class", row.token_class))
+    if row.kv_bytes is not None:
+        fields.append(("kv cache", f"{fmt_bytes(row.kv_bytes) or '0'} (estimated from its current context)"))
     if u is not None and (u.tools_ok or u.tools_failed):
         fields.append(("tools", f"{u.tools_ok} ok, {u.tools_failed} failed"))
     out: list[tuple[str, str]] = [(f"session {row.session_id}", "bold")]
@@ -326,9 +352,14 @@ def render_text(snapshots: Sequence[Snapshot], filters: Filters, sort: str, colo
         if any(r.pid is not None for r in selected):  # process isolation: each session's own pid
             header = (COLUMNS[0], "PID", *COLUMNS[1:])
             rows = [(c[0], str(r.pid or "-"), *c[1:]) for c, r in zip(rows, selected, strict=True)]
+        gone: set[int] = set()
         if not any(has_usage(r) for r in selected):  # a worker with no LLM call keeps its width
-            gone = {header.index(name) for name in USAGE_COLUMNS}
-            header, rows = drop(header, gone), [drop(c, gone) for c in rows]
+            gone |= {header.index(name) for name in USAGE_COLUMNS}
+        if all(r.token_class is None for r in selected):
+            gone.add(header.index("CLASS"))
+        if all(r.kv_bytes is None for r in selected):
+            gone.add(header.index("KV"))
+        header, rows = drop(header, gone), [drop(c, gone) for c in rows]
         table = [header, *rows]
         widths = [max(len(row[i]) for row in table) for i in range(len(header))]
         for i, row in enumerate(table):
@@ -359,6 +390,8 @@ class PlannedRow(NamedTuple):
     tokens_out: str
     cache: str
     cost: str
+    token_class: str
+    kv: str
     last: str
     slow: bool
     """The session blocked the loop lately (the row is red)."""
@@ -382,9 +415,26 @@ class TablePlan:
 
 def planned_row(worker: str, r: SessionRow) -> PlannedRow:
     """The live table's row for session `r` of the worker labelled `worker`."""
-    (session, agent, tenant, state, age, cpu, bar, mem, _, _, blocks, tin, tout, cache, cost, last) = (
-        row_cells(r)
-    )
+    (
+        session,
+        agent,
+        tenant,
+        state,
+        age,
+        cpu,
+        bar,
+        mem,
+        _,
+        _,
+        blocks,
+        tin,
+        tout,
+        cache,
+        cost,
+        klass,
+        kv,
+        last,
+    ) = row_cells(r)
     pid = str(r.pid) if r.pid is not None else "-"
     return PlannedRow(
         worker,
@@ -402,6 +452,8 @@ def planned_row(worker: str, r: SessionRow) -> PlannedRow:
         tout,
         cache,
         cost,
+        klass,
+        kv,
         last,
         r.slow,
         r.state,

@@ -36,6 +36,8 @@ class Caller(Agent):
             pass
         if session.metadata.get("fail"):
             raise RuntimeError("failed on purpose")
+        if session.metadata.get("hang"):
+            await session.draining.wait()
 """
 
 
@@ -55,13 +57,27 @@ def value(families: dict[str, Any], name: str, **labels: str) -> float:
 
 def test_a_real_worker_serves_its_metrics(agents_dir: Path, sock_home: Path, workers: list[Worker]) -> None:
     write_agent(agents_dir, "caller", AGENT)
-    worker = Worker("start", agents_dir, sock_home, "--no-event-log", "--metrics-port", "0")
+    worker = Worker(
+        "start",
+        agents_dir,
+        sock_home,
+        "--no-event-log",
+        "--metrics-port",
+        "0",
+        "--model-arch",
+        "llama-3.1-8b",
+    )
     workers.append(worker)
     worker.ready()
     (line,) = worker.wait_for_log("metrics on http://127.0.0.1:")
     port = int(re.search(r":(\d+)/metrics", line["message"]).group(1))  # type: ignore[union-attr]
     ids = []
-    for meta in ({"calls": 2}, {"calls": 2, "fail": True}, {"calls": 1, "model": "acme-x"}):
+    for meta in (
+        {"calls": 2},
+        {"calls": 2, "fail": True},
+        {"calls": 1, "model": "acme-x"},
+        {"calls": 2, "hang": 1},
+    ):
         done = worker.dispatch("caller", "--tenant", "acme", "--metadata", json.dumps(meta))
         assert done.returncode == 0, done.stderr
         ids += done.stdout.split()
@@ -74,7 +90,7 @@ def test_a_real_worker_serves_its_metrics(agents_dir: Path, sock_home: Path, wor
         time.sleep(0.05)
 
     assert kind.startswith("text/plain")
-    assert value(families, "openrtc_sessions_started_total", agent="caller") == 3
+    assert value(families, "openrtc_sessions_started_total", agent="caller") == 4
     assert value(families, "openrtc_sessions_ended_total", agent="caller", state="ended", reason="none") == 2
     assert (
         value(families, "openrtc_sessions_ended_total", agent="caller", state="failed", reason="exception")
@@ -84,19 +100,22 @@ def test_a_real_worker_serves_its_metrics(agents_dir: Path, sock_home: Path, wor
         {"agent": "caller", "model": "openai/gpt-4o-mini"},
         {"agent": "caller", "model": "openai/acme-x"},
     )
-    assert value(families, "openrtc_llm_calls_total", **gpt) == 4
+    assert value(families, "openrtc_llm_calls_total", **gpt) == 6
     assert value(families, "openrtc_llm_calls_total", **acme) == 1
     # Per session: 1,000 then 2,000 input (500 of it cached), 100 output each.
-    assert value(families, "openrtc_llm_tokens_total", **gpt, kind="input") == 6000
-    assert value(families, "openrtc_llm_tokens_total", **gpt, kind="cache_read") == 1000
-    assert value(families, "openrtc_llm_tokens_total", **gpt, kind="output") == 400
+    assert value(families, "openrtc_llm_tokens_total", **gpt, kind="input") == 9000
+    assert value(families, "openrtc_llm_tokens_total", **gpt, kind="cache_read") == 1500
+    assert value(families, "openrtc_llm_tokens_total", **gpt, kind="output") == 600
     # gpt-4o-mini at $0.15 / $0.075 cached / $0.60 per million: (1000 x 0.15 + 100 x 0.6) + (1500 x 0.15
-    # + 500 x 0.075 + 100 x 0.6) = 532.5 per million a session, 1,065 for two.
-    assert value(families, "openrtc_llm_cost_usd_total", **gpt) == pytest.approx(0.001065, abs=1e-12)
+    # + 500 x 0.075 + 100 x 0.6) = 532.5 per million a session, 1,597.5 for three.
+    assert value(families, "openrtc_llm_cost_usd_total", **gpt) == pytest.approx(0.0015975, abs=1e-12)
     assert value(families, "openrtc_llm_unknown_cost_calls_total", **acme) == 1
     assert not [s for s in families["openrtc_llm_cost_usd"].samples if s.labels.get("model") == acme["model"]]
-    assert value(families, "openrtc_tool_calls_total", agent="caller", tool="lookup", ok="true") == 3
-    assert value(families, "openrtc_sessions", state="running") == 0
+    assert value(families, "openrtc_tool_calls_total", agent="caller", tool="lookup", ok="true") == 4
+    assert value(families, "openrtc_sessions", state="running") == 1  # the one that waits for the drain
+    assert value(families, "openrtc_sessions_by_class", **{"class": "light"}) == 1
+    # Its current context is its last call's 2,000 in + 100 out, at 131,072 bytes a token (Llama 3.1 8B).
+    assert value(families, "openrtc_kv_cache_estimated_bytes") == 2100 * 131_072
     assert value(families, "openrtc_worker_rss_bytes") > 10 * 2**20
 
     for name in (

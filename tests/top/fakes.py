@@ -104,6 +104,8 @@ def mixed_snapshot(pid: int = 4242, stall: bool = False) -> Snapshot:
             slow=True,
             last_block=LastBlock(320.0, 1_700_000_700.0, where),
             usage=usage(4, 18_400, 12_288, 910, 0.0029),
+            token_class="light",
+            kv_bytes=2_531_000_000,
         ),
         row(
             "8b1d0e77aa01", agent="voice", tenant="acme", cpu_pct=24.0, cpu_s=30.1, duration_s=301.0, tasks=5
@@ -115,6 +117,8 @@ def mixed_snapshot(pid: int = 4242, stall: bool = False) -> Snapshot:
             cpu_pct=3.2,
             duration_s=12.0,
             usage=usage(2, 2_100, 0, 240, None, unknown=2),
+            token_class="medium",
+            kv_bytes=306_000_000,
         ),
         row("d00d00445566", agent="chat", tenant=None, cpu_pct=0.4, state="starting", duration_s=0.0),
         row(
@@ -138,7 +142,8 @@ def mixed_snapshot(pid: int = 4242, stall: bool = False) -> Snapshot:
             Block("3f2a9c01d4e5", "support", 1840.0, 1_700_000_750.0, where, STACK, True, "session")
         )
     totals = usage(131, 1_250_000, 830_000, 64_000, 0.4123, unknown=3)
-    return Snapshot(1, 1_700_000_754.0, worker(pid, usage=totals), sessions, blocks)
+    worker_info = worker(pid, usage=totals, classes={"light": 1, "medium": 1}, kv_bytes=2_837_000_000)
+    return Snapshot(1, 1_700_000_754.0, worker_info, sessions, blocks)
 
 
 def view(snapshot: Snapshot | None, name: str = "4242.sock", **kw: Any) -> WorkerView:

@@ -159,6 +159,27 @@ async def test_usage_columns_show_only_once_a_session_has_made_an_llm_call() -> 
         assert not set(USAGE_INDEXES) & table._hidden
 
 
+async def test_l_steps_through_the_classes_present_and_their_columns_show_only_with_them() -> None:
+    from openrtc.top.render import CLASS_INDEX, KV_INDEX
+
+    with_classes = mixed_snapshot()
+    without = replace(
+        with_classes, sessions=[replace(r, token_class=None, kv_bytes=None) for r in with_classes.sessions]
+    )
+    src = FakeSource([Fetch(FOLDER, (view(without),)), Fetch(FOLDER, (view(with_classes),))])
+    async with running(src) as (app, pilot):
+        table = app.query_one("#sessions", SessionTable)
+        assert {CLASS_INDEX, KV_INDEX} <= table._hidden
+        await app.refresh_now()
+        assert not {CLASS_INDEX, KV_INDEX} & table._hidden
+        await pilot.press("l")
+        assert app.filters.token_class == "light" and shown_ids(app) == ["3f2a9c01"]
+        await pilot.press("l")
+        assert app.filters.token_class == "medium" and shown_ids(app) == ["c0ffee11"]
+        await pilot.press("l")
+        assert app.filters.token_class is None and len(shown_ids(app)) == 6
+
+
 async def test_an_ongoing_stall_is_pinned_with_its_line() -> None:
     async with running(source(view(mixed_snapshot(stall=True)))) as (app, _):
         assert app.query_one("#stall").display

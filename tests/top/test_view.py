@@ -50,10 +50,30 @@ def test_once_table_drops_usage_columns_while_no_session_made_an_llm_call() -> N
 
     snap = mixed_snapshot()
     header = render_text([snap], Filters(), "cpu").splitlines()[2].split()
-    assert header[-8:-4] == ["IN", "OUT", "CACHE%", "COST"]
-    bare = replace(snap, sessions=[replace(r, usage=None) for r in snap.sessions])
+    assert header[-10:-4] == ["IN", "OUT", "CACHE%", "COST", "CLASS", "KV"]
+    bare = replace(
+        snap, sessions=[replace(r, usage=None, token_class=None, kv_bytes=None) for r in snap.sessions]
+    )
     header = render_text([bare], Filters(), "cpu").splitlines()[2].split()
-    assert "IN" not in header and "COST" not in header and header[-4:] == ["LAST", "BLOCK", "/", "ERROR"]
+    assert (
+        "IN" not in header
+        and "CLASS" not in header
+        and header[-5:] == ["BLOCKS", "LAST", "BLOCK", "/", "ERROR"]
+    )
+
+
+def test_classes_and_kv_in_the_once_table_the_header_and_the_filter() -> None:
+    from tests.top.fakes import mixed_snapshot
+
+    snap = mixed_snapshot()
+    lines = render_text([snap], Filters(), "cpu").splitlines()
+    assert lines[1].endswith("classes light 1 medium 1  kv 2.84GB")
+    support = next(line for line in lines if line.startswith("3f2a9c01"))
+    assert "light" in support.split() and "2.53GB" in support.split()
+    chat = next(line for line in lines if line.startswith("c0ffee11"))
+    assert "medium" in chat.split() and "306.0MB" in chat.split()
+    only = render_text([snap], Filters(token_class="medium"), "cpu").splitlines()
+    assert [line.split()[0] for line in only[3:] if line] == ["c0ffee11"]
 
 
 def test_cost_text_never_shows_a_guess() -> None:
