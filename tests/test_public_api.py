@@ -49,6 +49,7 @@ def test_public_module_attributes_are_exactly_all() -> None:
         "stats",
         "capacity",
         "metrics",
+        "otel",
         "introspection",
         "top",
         "cli",

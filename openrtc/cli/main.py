@@ -146,6 +146,18 @@ def _plug_ins(args: argparse.Namespace) -> list[Any]:
         from openrtc.metrics import MetricsConfig, MetricsHook
 
         hooks.append(MetricsHook(MetricsConfig(args.metrics_port, args.metrics_addr)))
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        try:
+            import opentelemetry.sdk  # noqa: F401  (the extra is there)
+
+            from openrtc.otel import OtelHook
+        except ImportError:
+            log.warning(
+                "OTEL_EXPORTER_OTLP_ENDPOINT is set but OpenTelemetry is not installed "
+                "(pip install 'openrtc[otel]'): no OpenTelemetry export"
+            )
+        else:
+            hooks.append(OtelHook())
     return hooks
 
 
