@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_hostile.py
 	$(BIN)/python benchmarks/bench_memory_limit.py
 	$(BIN)/python benchmarks/bench_usage.py
+	$(BIN)/python benchmarks/bench_metrics.py
 
 clean:
 	rm -rf .venv .venv-* .pytest_cache .mypy_cache .ruff_cache
