@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -54,7 +55,8 @@ class MetricsHook(Hook):
         self.tally = Tally()
         self.port: int | None = None
         """The port it serves on, once started."""
-        self._view: PoolView | None = None
+        self.view: PoolView | None = None
+        """The pool's read side, once started (the scrape counts its live sessions)."""
         self._server: Any = None
         self._lag_timer: asyncio.TimerHandle | None = None
 
@@ -65,7 +67,7 @@ class MetricsHook(Hook):
     def started(self, pool: PoolView) -> None:
         from prometheus_client import CollectorRegistry, start_http_server
 
-        self._view = pool
+        self.view = pool
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Collector(self))
         try:
@@ -79,13 +81,13 @@ class MetricsHook(Hook):
         self._probe(asyncio.get_running_loop())
 
     def _probe(self, loop: asyncio.AbstractEventLoop) -> None:
-        due = loop.time() + LAG_PROBE_S
+        due = time.perf_counter() + LAG_PROBE_S  # not loop.time(): uvloop's counts whole milliseconds
 
         def beat() -> None:
-            self.tally.lag.observe(max(0.0, loop.time() - due))
+            self.tally.lag.observe(max(0.0, time.perf_counter() - due))
             self._probe(loop)
 
-        self._lag_timer = loop.call_at(due, beat)
+        self._lag_timer = loop.call_later(LAG_PROBE_S, beat)
 
     def session_started(self, session: Session) -> None:
         self.tally.started.add((session.agent,))
@@ -192,7 +194,7 @@ class _Collector:
     def _live(self) -> Iterator[Metric]:
         from prometheus_client.core import GaugeMetricFamily
 
-        view = self._hook._view
+        view = self._hook.view
         sessions = GaugeMetricFamily("openrtc_sessions", "Active sessions by state.", labels=["state"])
         counts: dict[str, int] = dict.fromkeys(("starting", "running", "draining"), 0)
         classes: dict[str, int] = {}
