@@ -153,7 +153,7 @@ class WorkerInfo:
     """Sessions refused since the worker started, by reason (`max_sessions`, `memory_limit`,
     `draining`...)."""
     usage: UsageInfo | None = None
-    """What all its sessions recorded since the worker started."""
+    """What all its sessions recorded since the worker started; None until one records a call or a tool."""
     classes: dict[str, int] | None = None
     """Its live sessions by token class, each once; None when none has a class (no capacity hook, or
     no live session)."""
@@ -216,7 +216,7 @@ class SessionRow:
     """Why it failed, in one line: the exception's type and message (`RuntimeError: boom`), or what
     happened to its process; cut to `ERROR_MAX_CHARS`. None unless it failed."""
     usage: UsageInfo | None = None
-    """What it recorded of its LLM calls and tools."""
+    """What it recorded of its LLM calls and tools; None until it records one."""
     token_class: str | None = None
     """Its class by cumulative tokens (`light`, `medium`, `heavy`, `extreme` by default); None without
     the capacity hook."""

@@ -62,8 +62,9 @@ def capacity_totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def usage_info(totals: Totals | None) -> dict[str, Any] | None:
-    """A `UsageInfo` in its wire form."""
-    if totals is None:
+    """A `UsageInfo` in its wire form; None until something was recorded (most sessions of a big
+    worker, each snapshot: they cost nothing here)."""
+    if totals is None or not (totals.models or totals.tools):
         return None
     tools_ok = sum(t.ok for t in totals.tools.values())
     return {

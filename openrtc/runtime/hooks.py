@@ -106,6 +106,7 @@ class Hooks:
         self.errors: Counter[str] = Counter()
         """Exceptions raised by each hook (by name) since the pool was made."""
         self._logged_at: dict[str, float] = {}
+        self._sender: Callable[[Any, str, dict[str, Any]], None] | None = None
         # Per method, only the hooks that override it: `session_event` runs for every LLM call.
         self._callers: dict[str, list[tuple[Hook, Any]]] = {
             method: [
@@ -127,25 +128,30 @@ class Hooks:
         """What each session's own process runs first (see `Hook.child_setup`)."""
         return [setup for h in self.hooks if (setup := h.child_setup()) is not None]
 
-    def event_sender(self, session: Any) -> Callable[[str, dict[str, Any]], None]:
-        """`session.emit`'s target: `session_event` of each hook that has one, as directly as it can be
-        (it runs for every LLM and tool call, on the loop)."""
+    def event_sender(self) -> Callable[[Any, str, dict[str, Any]], None]:
+        """`session.emit`'s target, `(session, kind, data)`: `session_event` of each hook that has one,
+        as directly as it can be (it runs for every LLM and tool call, on the loop). One for all the
+        sessions: a closure each would cost every idle session 300 bytes."""
+        if self._sender is not None:
+            return self._sender
         callers = self._callers["session_event"]
         if len(callers) == 1:
             (hook, bound), failed = callers[0], self._failed
 
-            def send_one(kind: str, data: dict[str, Any]) -> None:
+            def send_one(session: Any, kind: str, data: dict[str, Any]) -> None:
                 try:
                     bound(session, kind, data)
                 except Exception as exc:
                     failed(hook, "session_event", exc)
 
-            return send_one
+            self._sender = send_one
+        else:
 
-        def send(kind: str, data: dict[str, Any]) -> None:
-            self.call("session_event", session, kind, data)
+            def send(session: Any, kind: str, data: dict[str, Any]) -> None:
+                self.call("session_event", session, kind, data)
 
-        return send
+            self._sender = send
+        return self._sender
 
     def call(self, method: str, *args: Any) -> None:
         for hook, bound in self._callers[method]:

@@ -497,7 +497,7 @@ class Pool:
         session = Session(
             session_id, spec.name, tenant, metadata, self._shared.get(spec.name, {}), self._draining, attempt
         )
-        session._emit = self.hooks.event_sender(session)
+        session._emit = self.hooks.event_sender()
         self.hooks.call("session_started", session)  # before its first step: its tasks get tagged
         context = contextvars.copy_context()
         context.run(current_session.set, session)

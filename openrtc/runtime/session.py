@@ -131,7 +131,7 @@ class Session:
         self.capacity: Any = None
         """The session's token class and KV-cache estimate, set by the capacity hook
         (`openrtc.capacity`), None without it."""
-        self._emit: Callable[[str, dict[str, Any]], None] | None = None
+        self._emit: Callable[[Session, str, dict[str, Any]], None] | None = None
         self._root: asyncio.Task[None] | None = None
         self._cancel_reason: str | None = None
         self._log: SessionLogAdapter | None = None
@@ -141,7 +141,7 @@ class Session:
         what plug-ins record goes through here, on the loop thread. From a session's own process
         (process isolation) the event crosses to the worker first. Without a pool, nothing happens."""
         if self._emit is not None:
-            self._emit(kind, data)
+            self._emit(self, kind, data)
 
     @property
     def log(self) -> logging.LoggerAdapter:  # type: ignore[type-arg]

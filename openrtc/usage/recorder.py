@@ -40,6 +40,8 @@ __all__ = ["SessionUsage", "UsageError"]
 class SessionUsage:
     """The recording API of one session (`session.usage`)."""
 
+    __slots__ = ("_clock", "_pricing", "_session", "next_seq", "record_content", "totals")
+
     def __init__(
         self,
         session: Session,

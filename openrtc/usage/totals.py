@@ -93,7 +93,7 @@ class ModelTotals:
         return cls(**{k: data.get(k, 0) or 0 for k in cls.__dataclass_fields__})
 
 
-@dataclass
+@dataclass(slots=True)
 class ToolTotals:
     """The calls of one tool."""
 
@@ -105,7 +105,7 @@ class ToolTotals:
         return {"ok": self.ok, "failed": self.failed, "seconds": round(self.seconds, 6)}
 
 
-@dataclass
+@dataclass(slots=True)
 class Totals:
     """One session's (or a group's) usage."""
 

@@ -233,7 +233,7 @@ async def _child_session(
         int(start.get("attempt") or 1),
     )
     session.state = SessionState.RUNNING
-    session._emit = lambda kind, data: send({"op": "event", "type": kind, "data": data})
+    session._emit = lambda _, kind, data: send({"op": "event", "type": kind, "data": data})
     for path, kwargs in start.get("setups") or ():
         try:  # a plug-in's own part in this process (`Hook.child_setup`)
             _resolve(str(path))(session, **(kwargs or {}))
