@@ -207,14 +207,20 @@ def stalls(loop_kind: str, repeats: int) -> dict[str, Any]:
             out = {}
             for kind in ("sleep", "python", "hashlib", "regex", "json"):
                 monitor = pool.introspection.monitor if pool.introspection else None
-                before = len(monitor.blocks) if monitor else 0
                 handles = []
+                session_blocks = []
+                seen = {id(b) for b in monitor.blocks} if monitor else set()
                 for _ in range(repeats):
                     handle = await pool.start_session("stalling", metadata={"kind": kind, "data": data})
                     await handle
                     handles.append(handle)
-                blocks = list(monitor.blocks)[before:] if monitor else []
-                session_blocks = [b for b in blocks if b.kind == "session"]
+                    # After each stall, not once at the end: the monitor keeps its last 100 blocks, and
+                    # a collection or an overload among them would push the oldest stall out.
+                    for b in list(monitor.blocks) if monitor else []:
+                        if id(b) not in seen:
+                            seen.add(id(b))
+                            if b.kind == "session":
+                                session_blocks.append(b)
                 by_id = {b.session_id: b for b in session_blocks}
                 line = f"{Path(__file__).name}:{_line(kind)} in stalling"
                 next_line = f"{Path(__file__).name}:{_line(kind) + 1} in stalling"

@@ -78,6 +78,9 @@ class UsageHook(Hook):
     def session_started(self, session: Session) -> None:
         usage = SessionUsage(session, self.pricing, self.config.record_content)
         session.usage = usage
+        if self.event_log is None:
+            usage.next_seq = 1  # the start's number, as if written: there is no log to write it to
+            return
         data = {
             "agent": session.agent,
             "tenant": session.tenant,
@@ -102,8 +105,8 @@ class UsageHook(Hook):
 
     def session_finished(self, session: Session) -> None:
         usage = session.usage
-        if not isinstance(usage, SessionUsage):
-            return
+        if not isinstance(usage, SessionUsage) or self.event_log is None:
+            return  # the end's line sums the session up for the log; without a log, nothing to do
         totals = usage.totals
         ended = session.ended_at if session.ended_at is not None else time.perf_counter()
         data = {
