@@ -98,7 +98,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
 def _observed(args: argparse.Namespace) -> dict[str, float]:
     """Sessions of the event log by class (their cumulative input plus output tokens)."""
-    from openrtc.cli.stats import _check_folder
+    from openrtc.cli.stats import check_log_folder
     from openrtc.stats.report import parse_since
     from openrtc.stats.summary import load_summaries
     from openrtc.usage.eventlog import default_log_dir
@@ -106,7 +106,7 @@ def _observed(args: argparse.Namespace) -> dict[str, float]:
 
     classes = Classes.parse(args.classes)
     folder = args.log_dir or default_log_dir()
-    _check_folder(folder)
+    check_log_folder(folder)
     since, until = parse_since(args.since, time.time()) if args.since else (None, None)
     problems = Problems()
     counts: dict[str, float] = {}

@@ -162,7 +162,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     except ConfigError as exc:
         parser.error(str(exc))
     try:
-        _check_folder(folder)
+        check_log_folder(folder)
         code = {
             "usage": _usage,
             "history": _history,
@@ -178,7 +178,8 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     return code
 
 
-def _check_folder(folder: Path) -> None:
+def check_log_folder(folder: Path) -> None:
+    """An event log folder that exists and is private, or `OpenRTCError` saying what is wrong."""
     from openrtc._private import check_private_dir
 
     if not folder.exists():
