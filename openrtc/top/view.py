@@ -278,6 +278,15 @@ def detail_lines(row: SessionRow, snapshot: Snapshot, socket_path: Path | None) 
         ),
         ("blocks", str(row.blocks)),
     ]
+    # With the memory lines: a session's KV cache is memory too, on the GPU that serves it.
+    at = [name for name, _ in fields].index("memory") + 1
+    if row.token_class is not None:
+        fields.insert(at, ("class", row.token_class))
+        at += 1
+    if row.kv_bytes is not None:
+        fields.insert(
+            at, ("kv cache", f"{fmt_bytes(row.kv_bytes) or '0'} (estimated from its current context)")
+        )
     if row.error:
         fields.append(("error", row.error))
     if row.last_block is not None:
@@ -299,10 +308,6 @@ def detail_lines(row: SessionRow, snapshot: Snapshot, socket_path: Path | None) 
             else ""
         )
         fields.append(("cost", f"{cost_text(u) or '-'}{unknown}"))
-    if row.token_class is not None:
-        fields.append(("class", row.token_class))
-    if row.kv_bytes is not None:
-        fields.append(("kv cache", f"{fmt_bytes(row.kv_bytes) or '0'} (estimated from its current context)"))
     if u is not None and (u.tools_ok or u.tools_failed):
         fields.append(("tools", f"{u.tools_ok} ok, {u.tools_failed} failed"))
     out: list[tuple[str, str]] = [(f"session {row.session_id}", "bold")]
