@@ -338,7 +338,9 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     its header too."""
     widths = [max(len(str(r[i])) for r in (header, *rows)) for i in range(len(header))]
     right = [
-        i > 0 and bool(rows) and all(not str(r[i]) or _FIGURE.fullmatch(str(r[i])) for r in rows)
+        i > 0
+        and any(str(r[i]) not in ("", "-", "?") for r in rows)  # a column of dashes is text
+        and all(not str(r[i]) or _FIGURE.fullmatch(str(r[i])) for r in rows)
         for i in range(len(header))
     ]
 
