@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from openrtc.introspection.client import WorkerClient
+from openrtc.runtime.pool import CANCEL_GRACE_S, LEFTOVER_GRACE_S
 from openrtc.top.source import LiveSource
 from tests.cli.worker import Worker, run_cli
 from tests.helpers import write_agent
@@ -193,7 +194,9 @@ def test_misbehaving_agents_are_contained_and_the_worker_still_drains(
     assert cancelled and worker.dispatch("polite").returncode == 0  # still serving
     started = time.monotonic()
     assert worker.stop(signal.SIGTERM) == 0
-    assert time.monotonic() - started < 1 + 5 + 2  # drain timeout + cancel grace + margin
+    # The drain's timeout, the grace for what it cancels, the grace for leftover tasks, and a margin
+    # for a loaded machine (7.0 s quiet here; 8.07 s seen once in CI against the old bound of 8).
+    assert time.monotonic() - started < 1 + CANCEL_GRACE_S + LEFTOVER_GRACE_S + 2
     ends = outcomes(worker)
     assert ends[ids["exits"]].startswith("session failed reason=sys_exit")
     assert ends[ids["escapes"]].startswith("session ended")
