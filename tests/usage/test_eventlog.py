@@ -39,9 +39,9 @@ def test_one_compact_json_object_per_line_keys_in_a_fixed_order(tmp_path: Path) 
     )
     assert json.loads(lines[1])["data"]["note"] == "é"
     # a value JSON cannot hold does not lose the line: it says why
-    assert json.loads(lines[2])["data"] == {
-        "unwritable": "ValueError: Out of range float values are not JSON compliant"
-    }
+    (why,) = json.loads(lines[2])["data"].values()  # Python 3.12 adds the value to the message
+    assert list(json.loads(lines[2])["data"]) == ["unwritable"]
+    assert why.startswith("ValueError: Out of range float values are not JSON compliant")
 
 
 def test_the_folder_is_private_and_the_files_too(tmp_path: Path) -> None:
