@@ -66,7 +66,9 @@ def usage_info(totals: Totals | None) -> dict[str, Any] | None:
     worker, each snapshot: they cost nothing here)."""
     if totals is None or not (totals.models or totals.tools):
         return None
-    tools_ok = sum(t.ok for t in totals.tools.values())
+    # Copies first (one C call each): the loop may add a model or a tool while this thread reads.
+    tools, models = list(totals.tools.values()), list(totals.models.items())
+    tools_ok = sum(t.ok for t in tools)
     return {
         "calls": totals.calls,
         "input_tokens": totals.input_tokens,
@@ -77,8 +79,8 @@ def usage_info(totals: Totals | None) -> dict[str, Any] | None:
         "cost_usd": totals.cost_usd,
         "unknown_cost_calls": totals.unknown_cost_calls,
         "tools_ok": tools_ok,
-        "tools_failed": sum(t.failed for t in totals.tools.values()),
-        "models": {key: m.as_dict() for key, m in totals.models.items()},
+        "tools_failed": sum(t.failed for t in tools),
+        "models": {key: m.as_dict() for key, m in models},
     }
 
 

@@ -51,8 +51,8 @@ class UsageHook(Hook):
         self.config = config or UsageConfig()
         file = PricingFile.load(self.config.pricing_file) if self.config.pricing_file is not None else None
         self.pricing = Pricing(file)
-        self.totals = Totals()
-        """Everything the worker's sessions recorded since it started."""
+        self._ended = Totals()
+        self._view: PoolView | None = None
         self.event_log: EventLog | None = None
         self._worker_id = ""
         self._worker_seq = 0
@@ -68,7 +68,21 @@ class UsageHook(Hook):
             "record_content": self.config.record_content,
         }
 
+    @property
+    def totals(self) -> Totals:
+        """Everything the worker's sessions recorded since it started: the ended ones' sums and the
+        live ones' (any thread). Summed when asked, not per call: each call costs the loop one sum,
+        its session's."""
+        out = Totals()
+        out.merge(self._ended)
+        for session in self._view.sessions() if self._view is not None else ():
+            usage = session.usage
+            if isinstance(usage, SessionUsage) and (usage.totals.models or usage.totals.tools):
+                out.merge(usage.totals)
+        return out
+
     def started(self, pool: PoolView) -> None:
+        self._view = pool
         self._worker_id = pool.worker_id
         if self.config.log_dir is not None:
             self.event_log = EventLog(self.config.log_dir, pool.worker_id, self.config.retention)
@@ -100,13 +114,15 @@ class UsageHook(Hook):
         if not isinstance(usage, SessionUsage):
             return  # started before this hook saw it
         usage.totals.add_event(kind, data)
-        self.totals.add_event(kind, data)
         self._write(session, usage, kind, data, time.time())
 
     def session_finished(self, session: Session) -> None:
         usage = session.usage
-        if not isinstance(usage, SessionUsage) or self.event_log is None:
-            return  # the end's line sums the session up for the log; without a log, nothing to do
+        if not isinstance(usage, SessionUsage):
+            return
+        self._ended.merge(usage.totals)
+        if self.event_log is None:
+            return  # the end's line sums the session up for the log; without a log, nothing more
         totals = usage.totals
         ended = session.ended_at if session.ended_at is not None else time.perf_counter()
         data = {

@@ -69,6 +69,27 @@ def _reported_cost(usage: Any) -> float | None:
 
 def parse_response(obj: Any) -> Parsed:
     """The usage of one SDK response; `UsageError` when it has none or an unknown shape."""
+    if type(obj) is dict:  # the common dict, a chat completion, read directly: this runs on the loop
+        usage = obj.get("usage")
+        if type(usage) is dict and "prompt_tokens" in usage and "type" not in obj and "cost" not in usage:
+            prompt = usage.get("prompt_tokens_details") or {}
+            completion = usage.get("completion_tokens_details") or {}
+            if type(prompt) is dict and type(completion) is dict:
+                choices = obj.get("choices")
+                first = choices[0] if type(choices) is list and choices else None
+                return Parsed(
+                    obj.get("model"),
+                    "openai",
+                    check_tokens(
+                        usage["prompt_tokens"],
+                        usage.get("completion_tokens"),
+                        prompt.get("cached_tokens") or 0,
+                        prompt.get("cache_write_tokens") or 0,
+                        completion.get("reasoning_tokens") or 0,
+                    ),
+                    first.get("finish_reason") if type(first) is dict else None,
+                    None,
+                )
     kind = field_of(obj, "type")
     if kind == "response.completed" or (kind == "response.done" and field_of(obj, "response") is not None):
         return parse_response(field_of(obj, "response"))  # the Responses API's last streamed event

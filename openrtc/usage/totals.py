@@ -135,7 +135,9 @@ class Totals:
     # -- sums ------------------------------------------------------------------------------------
 
     def _sum(self, name: str) -> Any:
-        return sum(getattr(m, name) for m in self.models.values())
+        # list() first: the snapshot reads a live session's totals from the server thread while the
+        # loop may add a model to them; a copy in one C call cannot see the dict change size.
+        return sum(getattr(m, name) for m in list(self.models.values()))
 
     @property
     def calls(self) -> int:
@@ -178,7 +180,7 @@ class Totals:
 
     @property
     def tool_s(self) -> float:
-        return float(sum(t.seconds for t in self.tools.values()))
+        return float(sum(t.seconds for t in list(self.tools.values())))
 
     @property
     def cache_hit_rate(self) -> float | None:
@@ -216,9 +218,10 @@ class Totals:
         return totals
 
     def merge(self, other: Totals) -> None:
-        for key, model in other.models.items():
+        # Copies first: `other` may be a live session's, which the loop adds to while this reads.
+        for key, model in list(other.models.items()):
             self.models.setdefault(key, ModelTotals()).merge(model)
-        for key, tool in other.tools.items():
+        for key, tool in list(other.tools.items()):
             mine = self.tools.setdefault(key, ToolTotals())
             mine.ok, mine.failed, mine.seconds = (
                 mine.ok + tool.ok,
