@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from openrtc.introspection.hook import IntrospectionConfig, IntrospectionHook
+from openrtc.profile.hook import ProfileHook
 from openrtc.runtime.hooks import Hook
 from openrtc.runtime.pool import Pool
 from openrtc.runtime.session import Session
@@ -20,7 +21,8 @@ class AgentPool(Pool):
     """Runs agent sessions in this process. Use `run()` (blocking), `serve()`, or `async with`.
 
     Its hooks, in order: introspection (`enable_introspection=True`, the default; with `False` there is
-    none: no thread, no socket, no task factory, no timer), usage (always: every session gets
+    none: no thread, no socket, no task factory, no timer) and the CPU profiler that comes with it
+    (nothing runs until a profile is asked for on the socket), usage (always: every session gets
     `session.usage`; `usage=UsageConfig(log_dir=...)` also writes the event log), then `hooks`, the
     caller's own (`openrtc.Hook` subclasses), in the order given.
     """
@@ -51,7 +53,10 @@ class AgentPool(Pool):
                 slow_session_threshold_ms, Path(socket_path) if socket_path is not None else None
             )
             self.introspection = IntrospectionHook(config, self.usage)
+            profiler = ProfileHook(self.introspection)
+            self.introspection.ops["profile"] = profiler.op_profile
             ours.append(self.introspection)
+            ours.append(profiler)
         ours.append(self.usage)
         super().__init__(
             isolation=isolation,

@@ -21,7 +21,7 @@ from openrtc.introspection.ledger import SUFFIX as LEDGER_SUFFIX
 from openrtc.introspection.ledger import LedgerWriter, report_and_clear
 from openrtc.introspection.monitor import Monitor
 from openrtc.introspection.paths import bind_worker_socket, ensure_private_dir, socket_dir
-from openrtc.introspection.server import Respond, Server
+from openrtc.introspection.server import OpHandler, Respond, Server
 from openrtc.introspection.snapshot import build_snapshot
 from openrtc.introspection.wire import PROTOCOL_VERSION, encode_frame, error_reply, ok_reply
 from openrtc.runtime.control import PoolControl, Started
@@ -48,6 +48,7 @@ class Daemon:
         ended: Callable[[], list[Session]],
         socket_path: Path | None = None,
         worker_usage: Callable[[], Totals] | None = None,
+        ops: dict[str, OpHandler] | None = None,
     ) -> None:
         assert view.control is not None
         self._view = view
@@ -55,6 +56,7 @@ class Daemon:
         self.monitor = monitor
         self._ended = ended
         self._worker_usage = worker_usage
+        self._more_ops = dict(ops or {})
         self._chosen_path = socket_path is not None
         self.socket_path: Path = (
             socket_path if socket_path is not None else socket_dir() / f"{os.getpid()}.sock"
@@ -87,6 +89,7 @@ class Daemon:
                 "dispatch": self._op_dispatch,
                 "cancel": self._op_cancel,
                 "drain": self._op_drain,
+                **self._more_ops,
             },
             on_wake=self._on_wake,
         )

@@ -19,6 +19,7 @@ from openrtc.introspection import timing
 from openrtc.introspection.daemon import Daemon
 from openrtc.introspection.monitor import Monitor
 from openrtc.introspection.schema import ENDED_KEEP_S
+from openrtc.introspection.server import OpHandler
 from openrtc.introspection.tagging import TaskTagger, session_of
 from openrtc.runtime.config import positive
 from openrtc.runtime.hooks import Hook
@@ -55,10 +56,17 @@ class IntrospectionHook(Hook):
 
     required = True
 
-    def __init__(self, config: IntrospectionConfig, usage: UsageHook | None = None) -> None:
+    def __init__(
+        self,
+        config: IntrospectionConfig,
+        usage: UsageHook | None = None,
+        ops: dict[str, OpHandler] | None = None,
+    ) -> None:
         self.config = config
         self.usage = usage
         """Where the snapshot's worker-wide usage totals come from (None: the snapshot has none)."""
+        self.ops = dict(ops or {})
+        """More ops for the socket, from other plug-ins (`profile`); read when the socket opens."""
         self.monitor: Monitor | None = None
         self.daemon: Daemon | None = None
         self._tagger: TaskTagger | None = None
@@ -96,7 +104,9 @@ class IntrospectionHook(Hook):
             )
         usage = self.usage
         worker_usage = (lambda: usage.totals) if usage is not None else None
-        self.daemon = Daemon(pool, monitor, self.ended_sessions, self.config.socket_path, worker_usage)
+        self.daemon = Daemon(
+            pool, monitor, self.ended_sessions, self.config.socket_path, worker_usage, self.ops
+        )
         try:
             self.daemon.start()
         except BaseException:

@@ -1,0 +1,150 @@
+"""CPU profiles on request: the `profile` op of the worker's socket, as one of the pool's hooks.
+
+It reads the step clock and the garbage-collection pauses of the introspection hook (a CPU profile
+stamps each sample with the session whose step runs, which only the step clock knows), so it comes
+with introspection (`AgentPool` adds both). Until someone asks for a profile it holds nothing and
+runs nothing; while one records, a waiter thread sends the reply when the recording ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import threading
+from typing import TYPE_CHECKING, Any
+
+from openrtc.introspection.wire import error_reply, ok_reply
+from openrtc.profile.sampler import MAX_HZ, MAX_SECONDS, Sampler
+from openrtc.profile.stacks import ProfileError, to_wire
+from openrtc.runtime.hooks import Hook
+
+if TYPE_CHECKING:
+    from openrtc.introspection.hook import IntrospectionHook
+    from openrtc.introspection.server import Respond
+    from openrtc.runtime.view import PoolView
+
+log = logging.getLogger("openrtc.profile")
+
+START_WAIT_S = 5.0
+"""How long a request waits for the event loop to start the recording (a blocked loop cannot)."""
+
+
+class ProfileHook(Hook):
+    """Serves `{"op": "profile", "seconds": 10, "hz": 100, "session_id": ..., "agent": ...}`."""
+
+    def __init__(self, introspection: IntrospectionHook) -> None:
+        self._introspection = introspection
+        self._view: PoolView | None = None
+        self._lock = threading.Lock()
+        self._current: Sampler | None = None
+
+    @property
+    def name(self) -> str:
+        return "profile"
+
+    def started(self, pool: PoolView) -> None:
+        self._view = pool
+
+    def closed(self) -> None:
+        sampler = self._current
+        if sampler is not None:
+            sampler.cancelled = True
+            sampler.stop()  # `closed` runs on the loop thread: the handler may be removed here
+
+    def op_profile(self, request: dict[str, Any], respond: Respond) -> None:
+        """The socket op (runs on the server thread)."""
+        monitor, view = self._introspection.monitor, self._view
+        if monitor is None or view is None:
+            respond(error_reply("not_running", "the worker is not running"))
+            return
+        seconds, hz = request.get("seconds", 10.0), request.get("hz", 100.0)
+        session_id, agent = request.get("session_id"), request.get("agent")
+        problem = None
+        if not _number(seconds) or not 0 < seconds <= MAX_SECONDS:
+            problem = f"'seconds' must be a number above 0 and at most {MAX_SECONDS:.0f}"
+        elif not _number(hz) or not 0 < hz <= MAX_HZ:
+            problem = f"'hz' must be a number above 0 and at most {MAX_HZ:.0f}"
+        elif not all(v is None or (isinstance(v, str) and v) for v in (session_id, agent)):
+            problem = "'session_id' and 'agent' must be non-empty strings when given"
+        elif session_id is not None and view.session(session_id) is None:
+            problem = f"no active session {session_id!r}"
+        elif agent is not None and agent not in view.facts().agents:
+            problem = f"unknown agent {agent!r}; known agents: {', '.join(view.facts().agents) or 'none'}"
+        elif view.config.isolation == "process":
+            problem = (
+                "CPU profiles of sessions in process isolation are not supported yet: their code runs "
+                "in the sessions' own processes (profile them with --isolation coroutine)"
+            )
+        if problem is not None:
+            respond(error_reply("bad_request", problem))
+            return
+        sampler = Sampler(
+            monitor.clock,
+            monitor.gc.pauses,
+            view.code_dirs,
+            hz=float(hz),
+            seconds=float(seconds),
+            session_id=session_id,
+            agent=agent,
+        )
+        with self._lock:
+            if self._current is not None:
+                respond(error_reply("busy", "a profile is already recording in this worker; try after it"))
+                return
+            self._current = sampler
+        try:
+            view.loop.call_soon_threadsafe(sampler.start, context=contextvars.Context())
+        except RuntimeError:
+            self._release(sampler)
+            respond(error_reply("not_running", "the worker's event loop is closed"))
+            return
+        threading.Thread(
+            target=self._wait, args=(sampler, respond), name="openrtc-profile", daemon=True
+        ).start()
+
+    def _wait(self, sampler: Sampler, respond: Respond) -> None:
+        try:
+            if not sampler.done.wait(START_WAIT_S + sampler.seconds) and not sampler.running:
+                sampler.cancelled = True
+                respond(
+                    error_reply(
+                        "blocked",
+                        f"the event loop did not start the recording within {START_WAIT_S:.0f} s: "
+                        "it is blocked (`openrtc top` shows by whom)",
+                    )
+                )
+                return
+            if not sampler.done.wait(START_WAIT_S):  # the loop stalled past the end: ask it to stop
+                self._stop_on_loop(sampler)
+                sampler.done.wait(START_WAIT_S)
+            if sampler.error is not None:
+                respond(error_reply("unsupported", sampler.error))
+                return
+            profile = sampler.profile()
+            log.info(
+                "profile recorded: %d samples in %.1f s (%.0f Hz asked, %.0f achieved)",
+                profile.meta["samples"],
+                profile.meta["seconds"],
+                sampler.hz,
+                profile.meta["hz_achieved"],
+            )
+            respond(ok_reply({"profile": to_wire(profile)}))
+        except ProfileError as exc:
+            respond(error_reply("internal", str(exc)))
+        finally:
+            self._release(sampler)
+
+    def _stop_on_loop(self, sampler: Sampler) -> None:
+        if self._view is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: nothing records any more
+                self._view.loop.call_soon_threadsafe(sampler.stop, context=contextvars.Context())
+
+    def _release(self, sampler: Sampler) -> None:
+        with self._lock:
+            if self._current is sampler:
+                self._current = None
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
