@@ -50,6 +50,7 @@ def test_public_module_attributes_are_exactly_all() -> None:
         "capacity",
         "metrics",
         "otel",
+        "profile",
         "introspection",
         "top",
         "cli",
