@@ -58,6 +58,10 @@ def _main(argv: Sequence[str] | None) -> int:
         from openrtc.cli.capacity import run as run_capacity
 
         return run_capacity(args.command_parser, args)
+    if args.command == "profile":
+        from openrtc.cli.profile import run as run_profile
+
+        return run_profile(parser.commands["profile"], args)
     if args.command == "dispatch":
         return _dispatch(parser.commands["dispatch"], args)
     if args.command == "list":

@@ -249,10 +249,12 @@ def build_parser(worker_defaults: dict[str, Any] | None = None) -> Parser:
     )
 
     from openrtc.cli.capacity import add_parser as add_capacity
+    from openrtc.cli.profile import add_parser as add_profile
     from openrtc.cli.stats import add_parser as add_stats
 
     add_stats(sub)
     add_capacity(sub)
+    add_profile(sub)
 
     demo = sub.add_parser(
         "demo",

@@ -351,8 +351,15 @@ def _export(args: argparse.Namespace, folder: Path, window: Any, problems: Probl
     elif kind == "csv":
         text = report.csv_text(docs, EXPORT_COLUMNS)
     elif kind == "html":
+        # The profile report: the sessions' wall-time and token flamegraphs, the top sessions, the
+        # blocks' timeline, and the table of every session.
+        from openrtc.cli.profile import blocks_of
+        from openrtc.profile.report import ReportInput, html_report
+
         subtitle = f"{len(docs)} sessions from {folder}, exported {report.when(time.time())} UTC"
-        text = report.html_page("openrtc sessions", subtitle, EXPORT_COLUMNS, rows)
+        blocks = blocks_of(folder, window, {s.session_id: s.agent for s in summaries}, problems)
+        page = ReportInput(None, summaries, blocks, title="openrtc sessions", subtitle=subtitle)
+        text = html_report(page, (EXPORT_COLUMNS, rows))
     else:
         text = report.markdown(EXPORT_COLUMNS, rows)
     if args.output is not None:

@@ -27,6 +27,7 @@ import os
 import random
 import selectors
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from time import perf_counter, time
@@ -96,6 +97,7 @@ class Sampler:
         self._started_at = 0.0
         self._ended = 0.0
         self._old_handler: Any = None
+        self._loop_caller: FrameType | None = None
         self.running = False
         self.cancelled = False
         """Set (from any thread) when nobody waits any more: a late `start` then does nothing."""
@@ -109,6 +111,12 @@ class Sampler:
         cannot sample this thread, or when the agents' code uses `SIGALRM` itself."""
         if self.cancelled:
             return
+        # The frame that runs the loop (it called `run_until_complete`, or asyncio's runner did): what
+        # lies below it is the same in every sample, and a sample that stops at it is an idle loop.
+        caller: FrameType | None = sys._getframe(1)
+        while caller is not None and _loop_machinery(caller.f_code):
+            caller = caller.f_back
+        self._loop_caller = caller
         try:
             self._start()
         except ProfileError as exc:
@@ -210,15 +218,15 @@ class Sampler:
             self._elsewhere += weight
             return
         stack: list[tuple[CodeType, int]] = []
-        f = frame
-        while f is not None:
+        f, base = frame, self._loop_caller
+        while f is not None and f is not base:
             code = f.f_code
             if code not in modules:
                 modules[code] = str(f.f_globals.get("__name__", "?"))
             stack.append((code, f.f_lineno or 0))
             f = f.f_back
         stack.reverse()
-        self._counts[_outside_key(stack)] += weight
+        self._counts[_outside_key(stack, found_base=f is not None)] += weight
 
     # -- after the end (any thread) ---------------------------------------------------------------
 
@@ -264,24 +272,24 @@ class Sampler:
         ]
 
 
-def _outside_key(stack: list[tuple[CodeType, int]]) -> tuple[Any, ...]:
+def _outside_key(stack: list[tuple[CodeType, int]], found_base: bool) -> tuple[Any, ...]:
     """A sample between steps: `idle` (the loop waits for I/O or a timer), else `outside` with the
-    frames the loop is running (a callback, not a session's task), below which lies the loop's own
-    machinery and the code that started it. Under uvloop the loop's own C work shows no frame: it
-    counts as idle."""
-    first = next((i for i, (code, _) in enumerate(stack) if _loop_machinery(code)), None)
-    if first is None:
-        return ("outside", tuple(stack))
-    i = first
+    frames the loop is running (a callback, not a session's task). `stack` holds the frames above the
+    one that runs the loop when `found_base`, else the whole stack. Under uvloop the loop's own C
+    work shows no frame: it counts as idle."""
+    i = 0
+    if not found_base:  # skip what started the loop, up to the loop's own frames
+        i = next((n for n, (code, _) in enumerate(stack) if _loop_machinery(code)), len(stack))
+        if i == len(stack):
+            return ("outside", tuple(stack))
     while i < len(stack) and _loop_machinery(stack[i][0]):
         i += 1
     rest = stack[i:]
     if rest:
         return ("outside", tuple(rest))
-    top = stack[-1][0]
-    if top.co_filename == _SELECTORS or top.co_filename.endswith(f"{os.sep}runners.py"):
+    if not stack or stack[-1][0].co_filename == _SELECTORS or stack[-1][0].co_filename.endswith("runners.py"):
         return ("idle",)
-    return ("outside", (stack[-1],))
+    return ("outside", (stack[-1],))  # the loop's own bookkeeping (asyncio's `_run_once`)
 
 
 def _ms(ordered: list[float], q: float) -> float | None:
