@@ -9,6 +9,7 @@ sort; the table itself only renders what is on screen, which keeps 10,000 sessio
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -49,6 +50,9 @@ from openrtc.top.view import (
 
 __all__ = ["ConfirmScreen", "HelpScreen", "SessionScreen", "TopApp", "make_app"]
 
+PROFILE_SECONDS = 5.0
+"""How long `r` records."""
+
 
 class TopApp(App[None]):
     """The live view. Build it with `make_app`."""
@@ -80,6 +84,7 @@ class TopApp(App[None]):
         Binding("w", "cycle_worker", "worker"),
         Binding("x", "clear_filters", "clear"),
         Binding("k", "cancel_session", "cancel"),
+        Binding("r", "profile", "profile"),
         Binding("p", "toggle_pause", "pause"),
         Binding("c", "sort('cpu')", "CPU", show=False),
         Binding("m", "sort('mem')", "memory", show=False),
@@ -102,6 +107,8 @@ class TopApp(App[None]):
         self.refreshes = 0
         """Refreshes applied so far (tests wait on it)."""
         self._where: dict[str, tuple[WorkerView, SessionRow]] = {}
+        self.last_profiles: dict[str, str] = {}
+        """The last CPU profile recorded from here, per session key (`socket|id`) and per worker socket."""
         self._fetching = False
 
     # -- layout -----------------------------------------------------------------------------------
@@ -174,7 +181,8 @@ class TopApp(App[None]):
         if isinstance(screen, SessionScreen):
             found = self._where.get(screen.key)
             if found is not None and found[0].snapshot is not None:
-                screen.show(detail_text(found[0], found[1], found[0].snapshot))
+                last = self.last_profiles.get(screen.key)
+                screen.show(detail_text(found[0], found[1], found[0].snapshot, last))
 
     def _show_workers(self, fetch: Fetch) -> None:
         empty = self.query_one("#empty", Static)
@@ -361,7 +369,8 @@ class TopApp(App[None]):
             return
         view, row = found
         key = f"{view.socket_path}|{row.session_id}"
-        self.push_screen(SessionScreen(key, detail_text(view, row, found[0].snapshot)))
+        text = detail_text(view, row, found[0].snapshot, self.last_profiles.get(key))
+        self.push_screen(SessionScreen(key, text))
 
     def action_cancel_session(self) -> None:
         screen = self.screen
@@ -380,6 +389,40 @@ class TopApp(App[None]):
 
         who = f"[b]{escape(row.session_id)}[/b] ({escape(row.agent)}) on worker {worker_label(view)}"
         self.push_screen(ConfirmScreen(f"Cancel session {who}?"), answered)
+
+    def action_profile(self) -> None:
+        """Record a 5 s CPU profile of the session under the cursor (the whole worker when it has
+        ended, or when no session is selected) and say where the flamegraph went."""
+        screen = self.screen
+        found = self._where.get(screen.key) if isinstance(screen, SessionScreen) else self.selected()
+        if found is not None:
+            view, row = found
+            session_id = row.session_id if row.state in ("starting", "running", "draining") else None
+        else:
+            workers = self.fetch.workers if self.fetch else ()
+            live = [v for v in workers if v.snapshot is not None and not v.gone]
+            if self.worker_focus is not None:
+                live = [v for v in live if v.socket_path == self.worker_focus]
+            if len(live) != 1:
+                self.notify("select a session (or a worker with w) to profile", severity="warning")
+                return
+            view, session_id = live[0], None
+        what = f"session {session_id}" if session_id else f"worker {worker_label(view)}"
+        self.notify(f"recording {PROFILE_SECONDS:g} s of {what}...")
+        self.run_worker(self._profile(view.socket_path, session_id, what), group="profile", exclusive=True)
+
+    async def _profile(self, socket_path: Path, session_id: str | None, what: str) -> None:
+        try:
+            path = await asyncio.to_thread(self.source.profile, socket_path, session_id, PROFILE_SECONDS)
+        except OpenRTCError as exc:
+            self.notify(f"could not profile {what}: {exc}", severity="error")
+            return
+        stamp = f"{path} ({time.strftime('%H:%M:%S')})"
+        self.last_profiles[f"{socket_path}|{session_id}" if session_id else str(socket_path)] = stamp
+        self.notify(f"profile of {what}: {path}", timeout=15)
+        screen = self.screen
+        if isinstance(screen, SessionScreen) and self.fetch is not None:
+            await self.refresh_now()
 
     async def _cancel(self, socket_path: Path, session_id: str) -> None:
         try:

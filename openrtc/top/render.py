@@ -41,6 +41,7 @@ HELP = """\
 [b]Sort[/b]     s cycle   c CPU   m memory   o age   b blocks   $ cost   n agent
 [b]Filter[/b]   / search   f state   a agent   t tenant   l class   w worker   x clear all
 [b]Session[/b]  enter details (every field, recent blocks with stacks)   k cancel (asks first)
+         r record a {profile_s:g} s CPU profile of it (of the worker when none is selected)
 [b]View[/b]     p pause/resume   ? this help   esc back   q quit
 
 Slow sessions (blocked the loop in the last {slow_for:g} s) are red and listed first. \
@@ -53,7 +54,7 @@ price, and is blank while none has one.
 
 def help_text(refresh_s: float, slow_for_s: float = 5.0) -> str:
     """The help overlay (Rich markup)."""
-    return HELP.format(refresh=refresh_s, slow_for=slow_for_s)
+    return HELP.format(refresh=refresh_s, slow_for=slow_for_s, profile_s=5)
 
 
 def worker_label(view: WorkerView) -> str:
@@ -99,10 +100,13 @@ def stall_text(view: WorkerView, stall: Block) -> Text:
     return text
 
 
-def detail_text(view: WorkerView, row: SessionRow, snapshot: Snapshot) -> Text:
-    """Every field of one session, then its recent blocks with full stacks, newest first."""
+def detail_text(
+    view: WorkerView, row: SessionRow, snapshot: Snapshot, last_profile: str | None = None
+) -> Text:
+    """Every field of one session, then its recent blocks with full stacks, newest first.
+    `last_profile`: the flamegraph last recorded of it from `top` (`r`)."""
     text = Text()
-    for line, style in detail_lines(row, snapshot, view.socket_path):
+    for line, style in detail_lines(row, snapshot, view.socket_path, last_profile):
         if style == "field":
             name, _, value = line.partition("\0")
             text.append(name, style="dim")

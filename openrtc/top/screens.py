@@ -44,6 +44,7 @@ class SessionScreen(Screen[None]):
     BINDINGS = [
         Binding("escape", "app.pop_screen", "back"),
         Binding("k", "app.cancel_session", "cancel session"),
+        Binding("r", "app.profile", "profile"),
         Binding("q", "app.quit", "quit"),
     ]
 

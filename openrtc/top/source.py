@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from openrtc.errors import OpenRTCError, SchemaVersionError, SocketError, WorkerUnresponsive
 from openrtc.introspection.client import WorkerClient
@@ -57,6 +57,10 @@ class Source(Protocol):
     def fetch(self) -> Fetch: ...
 
     def cancel(self, socket_path: Path, session_id: str) -> None: ...
+
+    def profile(self, socket_path: Path, session_id: str | None, seconds: float) -> Path:
+        """Record a CPU profile (of one session, or the whole worker); the flamegraph file written."""
+        ...
 
 
 class LiveSource:
@@ -134,3 +138,16 @@ class LiveSource:
         """Ask the worker to cancel the session; raises `OpenRTCError` (e.g. `RemoteError`) if it cannot."""
         with WorkerClient(socket_path, self._timeout) as client:
             client.request("cancel", session_id=session_id, reason="cancelled_by_user")
+
+    def profile(self, socket_path: Path, session_id: str | None, seconds: float) -> Path:
+        """Record a CPU profile and write it as an interactive flamegraph (`.svg`) in the profiles folder;
+        raises `OpenRTCError` if it cannot."""
+        from openrtc.profile.files import save_svg
+        from openrtc.profile.stacks import from_wire
+
+        request: dict[str, Any] = {"seconds": seconds}
+        if session_id is not None:
+            request["session_id"] = session_id
+        with WorkerClient(socket_path, self._timeout + seconds + 10) as client:
+            profile = from_wire(client.request("profile", **request)["profile"])
+        return save_svg(profile, session_id or f"worker-{socket_path.stem}")

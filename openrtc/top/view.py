@@ -256,7 +256,9 @@ def row_cells(r: SessionRow) -> tuple[str, ...]:
     )
 
 
-def detail_lines(row: SessionRow, snapshot: Snapshot, socket_path: Path | None) -> list[tuple[str, str]]:
+def detail_lines(
+    row: SessionRow, snapshot: Snapshot, socket_path: Path | None, last_profile: str | None = None
+) -> list[tuple[str, str]]:
     """One session in full, as (line, style) pairs: every field, then its recent blocks with their
     stacks, newest first. Style `field` marks a `name\0value` line; others are plain text styles."""
     w = snapshot.worker
@@ -310,6 +312,7 @@ def detail_lines(row: SessionRow, snapshot: Snapshot, socket_path: Path | None) 
         fields.append(("cost", f"{cost_text(u) or '-'}{unknown}"))
     if u is not None and (u.tools_ok or u.tools_failed):
         fields.append(("tools", f"{u.tools_ok} ok, {u.tools_failed} failed"))
+    fields.append(("profile", last_profile or "none yet (r records a 5 s CPU profile)"))
     out: list[tuple[str, str]] = [(f"session {row.session_id}", "bold")]
     out += [(f"  {name:<11}\0{value}", "field") for name, value in fields]
     if u is not None and u.models:

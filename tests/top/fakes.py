@@ -159,6 +159,7 @@ class FakeSource:
     fetches: list[Fetch]
     folder: Path = FOLDER
     cancelled: list[tuple[Path, str]] = field(default_factory=list)
+    profiled: list[tuple[Path, str | None, float]] = field(default_factory=list)
     calls: int = 0
 
     def fetch(self) -> Fetch:
@@ -167,6 +168,10 @@ class FakeSource:
 
     def cancel(self, socket_path: Path, session_id: str) -> None:
         self.cancelled.append((socket_path, session_id))
+
+    def profile(self, socket_path: Path, session_id: str | None, seconds: float) -> Path:
+        self.profiled.append((socket_path, session_id, seconds))
+        return Path(f"/profiles/{session_id or 'worker'}.svg")
 
 
 def source(*views: WorkerView) -> FakeSource:

@@ -216,7 +216,7 @@ async def test_q_quits_from_the_details_and_the_footer_says_so() -> None:
         await pilot.press("enter")
         await until(pilot, lambda: isinstance(app.screen, SessionScreen))
         keys = {b.key: b.description for b in app.screen.BINDINGS if isinstance(b, Binding)}
-        assert keys == {"escape": "back", "k": "cancel session", "q": "quit"}
+        assert keys == {"escape": "back", "k": "cancel session", "r": "profile", "q": "quit"}
         await pilot.press("q")
         await until(pilot, lambda: not app.is_running)
 
@@ -276,6 +276,23 @@ async def test_k_cancels_after_confirmation_only() -> None:
         await pilot.press("k", "y")
         await until(pilot, lambda: bool(src.cancelled))
         assert src.cancelled == [(FOLDER / "4242.sock", "8b1d0e77aa01")]
+
+
+async def test_r_records_a_profile_of_the_selected_session_and_the_details_offer_it() -> None:
+    src = source(view(mixed_snapshot()))
+    async with running(src) as (app, pilot):
+        await pilot.press("down", "r")
+        await until(pilot, lambda: bool(src.profiled))
+        assert src.profiled == [(FOLDER / "4242.sock", "8b1d0e77aa01", 5.0)]
+        await until(pilot, lambda: any("/profiles/8b1d0e77aa01.svg" in str(n.message) for n in app._notifications))
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, SessionScreen))
+        assert "profile    /profiles/8b1d0e77aa01.svg (" in text_of(app, "#detail")
+        await pilot.press("escape", "f", "f", "f", "f")  # state=failed: a finished session
+        await until(pilot, lambda: shown_ids(app) == ["e1e1e177"])
+        await pilot.press("r")  # it has ended: the profile is of its worker
+        await until(pilot, lambda: len(src.profiled) == 2)
+        assert src.profiled[1] == (FOLDER / "4242.sock", None, 5.0)
 
 
 async def test_pause_stops_refreshing() -> None:
