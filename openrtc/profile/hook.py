@@ -8,6 +8,8 @@ runs nothing; while one records, a waiter thread sends the reply when the record
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import contextvars
 import logging
@@ -16,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from openrtc.introspection.wire import error_reply, ok_reply
 from openrtc.profile.sampler import MAX_HZ, MAX_SECONDS, Sampler
-from openrtc.profile.stacks import ProfileError, to_wire
+from openrtc.profile.stacks import Profile, ProfileError, from_wire, to_wire
 from openrtc.runtime.hooks import Hook
 
 if TYPE_CHECKING:
@@ -42,6 +44,9 @@ class ProfileHook(Hook):
     @property
     def name(self) -> str:
         return "profile"
+
+    def child_setup(self) -> tuple[str, dict[str, Any]] | None:
+        return ("openrtc.profile.child:attach", {})
 
     def started(self, pool: PoolView) -> None:
         self._view = pool
@@ -71,13 +76,21 @@ class ProfileHook(Hook):
             problem = f"no active session {session_id!r}"
         elif agent is not None and agent not in view.facts().agents:
             problem = f"unknown agent {agent!r}; known agents: {', '.join(view.facts().agents) or 'none'}"
-        elif view.config.isolation == "process":
-            problem = (
-                "CPU profiles of sessions in process isolation are not supported yet: their code runs "
-                "in the sessions' own processes (profile them with --isolation coroutine)"
-            )
         if problem is not None:
             respond(error_reply("bad_request", problem))
+            return
+        target = view.session(session_id) if session_id is not None else None
+        if view.config.isolation == "process" and target is not None:
+            # The session's code runs in its own process: that process samples itself.
+            payload = {"seconds": seconds, "hz": hz, "code_dirs": list(view.code_dirs(target.agent))}
+            coro = self._ask_child(target.id, payload)
+            try:
+                future = contextvars.Context().run(asyncio.run_coroutine_threadsafe, coro, view.loop)
+            except RuntimeError:
+                coro.close()
+                respond(error_reply("not_running", "the worker's event loop is closed"))
+                return
+            future.add_done_callback(lambda f: respond(_child_reply(f)))
             return
         sampler = Sampler(
             monitor.clock,
@@ -102,6 +115,28 @@ class ProfileHook(Hook):
         threading.Thread(
             target=self._wait, args=(sampler, respond), name="openrtc-profile", daemon=True
         ).start()
+
+    async def _ask_child(self, session_id: str, payload: dict[str, Any]) -> dict[str, Any]:
+        session = self._view.session(session_id) if self._view is not None else None
+        if session is None or session.child is None:
+            raise ProfileError(
+                f"session {session_id!r} has no process to profile (it has not started or has ended)"
+            )
+        wire = await asyncio.wait_for(
+            session.child.ask("profile", payload), payload["seconds"] + START_WAIT_S * 2
+        )
+        if not isinstance(wire, dict):
+            raise ProfileError("the session's process answered with something that is not a profile")
+        profile = from_wire(wire)  # checked here: a bad answer is the worker's error, not the client's
+        head = ("worker", f"agent:{session.agent}", f"session:{session.id}")
+        stacks = {
+            (head + s[3:] if s[:1] == ("worker",) and len(s) > 3 else s): w for s, w in profile.stacks.items()
+        }
+        return to_wire(
+            Profile(
+                stacks, profile.unit, profile.title, profile.session_depth, profile.sample_ms, profile.meta
+            )
+        )
 
     def _wait(self, sampler: Sampler, respond: Respond) -> None:
         try:
@@ -144,6 +179,17 @@ class ProfileHook(Hook):
         with self._lock:
             if self._current is sampler:
                 self._current = None
+
+
+def _child_reply(future: concurrent.futures.Future[dict[str, Any]]) -> dict[str, Any]:
+    if future.cancelled():
+        return error_reply("not_running", "the session's process went away before it answered")
+    exc = future.exception()
+    if isinstance(exc, TimeoutError):
+        return error_reply("blocked", "the session's process did not answer in time")
+    if exc is not None:
+        return error_reply("unsupported", f"the session's process could not record: {exc}")
+    return ok_reply({"profile": future.result()})
 
 
 def _number(value: Any) -> bool:

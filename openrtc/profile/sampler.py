@@ -71,6 +71,7 @@ class Sampler:
         agent: str | None = None,
         rng: random.Random | None = None,
         now: Callable[[], float] = perf_counter,
+        on_done: Callable[[], object] | None = None,
     ) -> None:
         if not 0 < hz <= MAX_HZ:
             raise ProfileError(f"the rate must be above 0 and at most {MAX_HZ:.0f} Hz, got {hz}")
@@ -103,6 +104,8 @@ class Sampler:
         """Set (from any thread) when nobody waits any more: a late `start` then does nothing."""
         self.error: str | None = None
         self.done = threading.Event()
+        self._on_done = on_done
+        """Called once on the loop thread when the recording ends (or could not start)."""
 
     # -- loop thread --------------------------------------------------------------------------------
 
@@ -121,7 +124,7 @@ class Sampler:
             self._start()
         except ProfileError as exc:
             self.error = str(exc)
-            self.done.set()
+            self._finished()
 
     def _start(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -142,13 +145,19 @@ class Sampler:
     def stop(self) -> None:
         """End the recording now (idempotent)."""
         if not self.running:
-            self.done.set()
+            self._finished()
             return
         self.running = False
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, self._old_handler if self._old_handler is not None else signal.SIG_DFL)
         self._ended = self._now()
-        self.done.set()
+        self._finished()
+
+    def _finished(self) -> None:
+        if not self.done.is_set():
+            self.done.set()
+            if self._on_done is not None:
+                self._on_done()
 
     def _gap(self) -> float:
         return self._period * (0.5 + self._rng.random())

@@ -59,6 +59,7 @@ class Session:
         "agent",
         "attempt",
         "capacity",
+        "child",
         "draining",
         "ended_at",
         "error",
@@ -125,6 +126,9 @@ class Session:
         """The session's own process (isolation="process"), None when it runs in the worker."""
         self.process: ProcessStats | None = None
         """What the OS says about that process, None in coroutine mode."""
+        self.child: Any = None
+        """The link to that process (`runners.process.ChildLink`): `await session.child.ask(what, payload)`
+        asks it a plug-in's question (`runners.answers`). None in coroutine mode."""
         self.usage: Any = None
         """What the session records of its LLM calls and tools (`session.usage.record(...)`): set by the
         usage hook (`openrtc.usage`), which `openrtc.AgentPool` always has."""

@@ -261,3 +261,39 @@ def test_tagged_token_profile_names_sessions_by_their_word(worker: Worker, tmp_p
         assert json.loads((tmp_path / "log" / "tags.json").read_text())
     finally:
         llm.close()
+
+
+def test_a_session_in_its_own_process_is_sampled_there(
+    tmp_path: Path, sock_home: Path, workers: list[Worker]
+) -> None:
+    agents = tmp_path / "agents"
+    agents.mkdir()
+    write_agent(agents, "busy", AGENT)
+    worker = Worker(
+        "start",
+        agents,
+        sock_home,
+        "--isolation",
+        "process",
+        "--log-dir",
+        str(tmp_path / "log"),
+        "--drain-timeout",
+        "2",
+    )
+    workers.append(worker)
+    worker.ready()
+    (session_id,) = worker.dispatch("busy", "--metadata", '{"turns": 2000}').stdout.split()
+    out = tmp_path / "child.folded"
+    done = run_cli("profile", "--session", session_id, "--seconds", "1.5", "-o", str(out), env=worker.env)
+    assert done.returncode == 0, done.stderr
+    stacks = parse_folded(out.read_text()).stacks
+    crunching = sum(w for s, w in stacks.items() if any(".crunch (agents/busy.py:" in f for f in s))
+    assert crunching >= 0.3 * sum(stacks.values()), out.read_text()  # about half its time crunches
+    assert all(s[:3] == ("worker", "agent:busy", f"session:{session_id}") for s in stacks if len(s) > 3)
+    # The whole worker, in process mode: its own loop, where the sessions are only proxies.
+    whole = tmp_path / "worker.folded"
+    done = run_cli(
+        "profile", "--socket", str(worker.socket), "--seconds", "0.5", "-o", str(whole), env=worker.env
+    )
+    assert done.returncode == 0, done.stderr
+    assert not any(".crunch (" in f for s in parse_folded(whole.read_text()).stacks for f in s)

@@ -284,7 +284,8 @@ async def test_r_records_a_profile_of_the_selected_session_and_the_details_offer
         await pilot.press("down", "r")
         await until(pilot, lambda: bool(src.profiled))
         assert src.profiled == [(FOLDER / "4242.sock", "8b1d0e77aa01", 5.0)]
-        await until(pilot, lambda: any("/profiles/8b1d0e77aa01.svg" in str(n.message) for n in app._notifications))
+        told = lambda: any("/profiles/8b1d0e77aa01.svg" in str(n.message) for n in app._notifications)  # noqa: E731
+        await until(pilot, told)
         await pilot.press("enter")
         await until(pilot, lambda: isinstance(app.screen, SessionScreen))
         assert "profile    /profiles/8b1d0e77aa01.svg (" in text_of(app, "#detail")

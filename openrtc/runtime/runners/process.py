@@ -218,6 +218,7 @@ async def run_in_child(
     session.pid = pid
     session.process = ProcessStats(pid)
     reader, writer = await asyncio.open_unix_connection(sock=channel)
+    session.child = ChildLink(writer)
     done: dict[str, Any] | None = None
 
     async def forward_drain() -> None:
@@ -237,6 +238,7 @@ async def run_in_child(
         raise
     finally:
         drainer.cancel()
+        session.child.close()
         writer.close()
     status = await _exit_status(template, pid)
     if done is None:
@@ -276,9 +278,51 @@ def _on_frame(session: Session, frame: dict[str, Any]) -> dict[str, Any] | None:
         kind, data = frame.get("type"), frame.get("data")
         if isinstance(kind, str) and isinstance(data, dict):
             session.emit(kind, data)
+    elif op == "answer" and session.child is not None:
+        session.child.answered(frame)
     elif op == "done":
         return frame
     return None
+
+
+class ChildLink:
+    """Questions to a session's own process (loop thread only), answered there by what a plug-in
+    registered (`runners.answers.answer`)."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+        self._next = 0
+        self._waiting: dict[int, asyncio.Future[Any]] = {}
+
+    def ask(self, what: str, payload: dict[str, Any]) -> asyncio.Future[Any]:
+        """A future of the answer; it fails with `ChildError` when the child answered with an error,
+        and is cancelled when the session's process goes away first."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self._writer.is_closing():
+            future.set_exception(ChildError(f"the session's process is gone; cannot ask {what!r}"))
+            return future
+        self._next += 1
+        self._waiting[self._next] = future
+        self._writer.write(encode_frame({"op": "ask", "rid": self._next, "what": what, "payload": payload}))
+        return future
+
+    def answered(self, frame: dict[str, Any]) -> None:
+        future = self._waiting.pop(frame.get("rid"), None)  # type: ignore[arg-type]
+        if future is None or future.done():
+            return
+        if "error" in frame:
+            future.set_exception(ChildError(str(frame["error"])))
+        else:
+            future.set_result(frame.get("answer"))
+
+    def close(self) -> None:
+        for future in self._waiting.values():
+            future.cancel()
+        self._waiting.clear()
+
+
+class ChildError(OpenRTCError):
+    """A session's process answered a question with an error (the message is its summary)."""
 
 
 async def _exit_status(template: TemplateClient, pid: int) -> int:

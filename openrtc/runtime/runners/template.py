@@ -8,6 +8,10 @@ each child starts with the agents imported and prewarmed. A child gets its own s
 worker (passed with SCM_RIGHTS) for its log records, its end state, and the worker's `drain`/`cancel`,
 in length-prefixed frames (`openrtc._framing.encode_frame`).
 
+On a session's channel, the worker may also `ask` {rid, what, payload} a question that a plug-in's
+`child_setup` registered an answer for (`runners.answers`); the child replies `answer` {rid, answer} or
+{rid, error}.
+
 Messages, worker -> template: `load` {agents: [{name, source | origin}]}, `start` {id, agent, tenant,
 metadata, log_level}. Template -> worker: `loaded` {errors: {name: message}}, `started` {id, pid} with
 the session's socket, `start_failed` {id, message}, `exit` {id, pid, status} (exit code, or -signal).
@@ -33,6 +37,7 @@ from openrtc._framing import FrameDecoder, encode_frame, pack, unpack
 from openrtc.errors import error_summary
 from openrtc.runtime.agent import AgentSpec, make_spec
 from openrtc.runtime.discovery import load_agent_file
+from openrtc.runtime.runners.answers import answers
 from openrtc.runtime.session import Session, SessionState
 
 CONTROL_MAX = 1 << 20
@@ -253,10 +258,36 @@ async def _child_session(
                 elif frame.get("op") == "cancel":
                     cancel_reason.append(str(frame.get("reason", "cancelled")))
                     task.cancel(msg=cancel_reason[-1])
+                elif frame.get("op") == "ask":
+                    answering.add(asyncio.create_task(reply(frame), name="openrtc-ask"))
         cancel_reason.append("worker_gone")
         task.cancel(msg="worker_gone")
 
-    follower = asyncio.create_task(follow_worker())
+    answering: set[asyncio.Task[None]] = set()
+
+    async def reply(frame: dict[str, Any]) -> None:
+        rid, what = frame.get("rid"), frame.get("what")
+        fn = answers.get(str(what))
+        try:
+            if fn is None:
+                raise LookupError(f"nothing in the session's process answers {what!r}")
+            payload = frame.get("payload")
+            send(
+                {
+                    "op": "answer",
+                    "rid": rid,
+                    "answer": await fn(session, payload if isinstance(payload, dict) else {}),
+                }
+            )
+        except Exception as exc:
+            send({"op": "answer", "rid": rid, "error": error_summary(exc)})
+        finally:
+            this = asyncio.current_task()
+            if this is not None:
+                answering.discard(this)
+
+    # Named: the tasks of openrtc's own in this process are not the session's (`openrtc-` prefix).
+    follower = asyncio.create_task(follow_worker(), name="openrtc-channel")
     send({"op": "running", "pid": os.getpid()})
     done: dict[str, Any] = {"op": "done", "state": "ended", "reason": None, "error": None, "summary": None}
     try:
