@@ -112,7 +112,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 def _cpu(args: argparse.Namespace, suffix: str) -> bytes:
     from openrtc.introspection.client import WorkerClient
     from openrtc.profile.formats import render
-    from openrtc.profile.stacks import from_wire
+    from openrtc.profile.stacks import from_wire, hottest
 
     path, session_id = _worker_for(args.socket, args.session)
     request: dict[str, Any] = {"seconds": args.seconds, "hz": args.hz}
@@ -129,6 +129,9 @@ def _cpu(args: argparse.Namespace, suffix: str) -> bytes:
         f"{meta.get('lateness_ms_p99')} ms",
         file=sys.stderr,
     )
+    print("hottest frames (self time):", file=sys.stderr)
+    for frame, share in hottest(profile):
+        print(f"  {100 * share:5.1f}%  {frame}", file=sys.stderr)
     if suffix != ".html":
         return render(profile, suffix)
     from openrtc.profile.report import ReportInput, html_report

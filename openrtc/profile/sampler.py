@@ -36,6 +36,7 @@ from typing import Any
 
 from openrtc.introspection.frames import display_path
 from openrtc.profile.stacks import Profile, ProfileError, Stack, add
+from openrtc.runtime.discovery import AGENT_MODULES
 
 MAX_DEPTH = 128
 """Innermost frames kept per sample."""
@@ -273,12 +274,19 @@ class Sampler:
         return Profile(stacks, "samples", "CPU", session_depth=2, sample_ms=1000.0 / self.hz, meta=meta)
 
     def _names(self, codes: Frames, dirs: tuple[str, ...]) -> list[str]:
-        modules = self._modules
         return [
-            f"{modules.get(code, '?')}.{getattr(code, 'co_qualname', code.co_name)} "
+            f"{self._module(code)}.{getattr(code, 'co_qualname', code.co_name)} "
             f"({display_path(code.co_filename, dirs)}:{line})"
             for code, line in codes
         ]
+
+    def _module(self, code: CodeType) -> str:
+        module = self._modules.get(code, "?")
+        # An agent file is imported under a name unique per load (`openrtc_agents.parser_5`, for hot
+        # reload): its file's name says the same, and stays the same from one load to the next.
+        if module.startswith(AGENT_MODULES):
+            return os.path.splitext(os.path.basename(code.co_filename))[0]
+        return module
 
 
 def _outside_key(stack: list[tuple[CodeType, int]], found_base: bool) -> tuple[Any, ...]:

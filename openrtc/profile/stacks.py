@@ -155,3 +155,16 @@ def from_wire(doc: Any) -> Profile:
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ProfileError(f"not a profile: {type(exc).__name__}: {exc}") from None
+
+
+def hottest(profile: Profile, n: int = 5) -> list[tuple[str, float]]:
+    """The `n` frames with the most self weight (the leaf of their stacks), with their share of the total."""
+    total = profile.total
+    if not total:
+        return []
+    own: dict[str, float] = {}
+    for stack, weight in profile.stacks.items():
+        if stack:
+            own[stack[-1]] = own.get(stack[-1], 0.0) + weight
+    ranked = sorted(own.items(), key=lambda item: (-item[1], item[0]))[:n]
+    return [(frame, weight / total) for frame, weight in ranked]

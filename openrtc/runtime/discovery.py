@@ -30,7 +30,7 @@ from openrtc.runtime.deps import ImportGraph
 log = logging.getLogger("openrtc.discovery")
 
 _counter = itertools.count()
-_AGENT_MODULES = "openrtc_agents."
+AGENT_MODULES = "openrtc_agents."
 _imported_mtimes: dict[str, int] = {}
 """Helper module name -> its file's mtime (ns) when it was imported."""
 _agent_folders: set[str] = set()
@@ -101,7 +101,7 @@ def folder_modules(folder: Path) -> dict[str, ModuleType]:
     out: dict[str, ModuleType] = {}
     for name, module in list(sys.modules.items()):
         file = getattr(module, "__file__", None)
-        if not isinstance(file, str) or not file.startswith(prefix) or name.startswith(_AGENT_MODULES):
+        if not isinstance(file, str) or not file.startswith(prefix) or name.startswith(AGENT_MODULES):
             continue
         if name == "openrtc" or name.startswith("openrtc."):
             continue
@@ -171,7 +171,7 @@ def _import_fresh(path: Path) -> ModuleType:
     _forget_shadowed(path.parent)
     _agent_folders.add(folder)
     forget_stale_helpers(path.parent)
-    mod_name = f"{_AGENT_MODULES}{path.stem}_{next(_counter)}"
+    mod_name = f"{AGENT_MODULES}{path.stem}_{next(_counter)}"
     loader = _SourceLoader(mod_name, str(path))
     spec = importlib.util.spec_from_file_location(mod_name, path, loader=loader)
     if spec is None or spec.loader is None:
