@@ -124,14 +124,14 @@ def _cpu(args: argparse.Namespace, suffix: str) -> bytes:
     with WorkerClient(path, timeout=args.seconds + 15) as client:
         profile = from_wire(client.request("profile", **request)["profile"])
     meta = profile.meta
+    # What was recorded, on stdout (the file is the profile; this is its gist, for a reader or a grep).
     print(
-        f"{meta.get('samples')} samples, {meta.get('hz_achieved')} Hz achieved, lateness p99 "
-        f"{meta.get('lateness_ms_p99')} ms",
-        file=sys.stderr,
+        f"{meta.get('samples')} samples in {meta.get('seconds')} s ({meta.get('hz_achieved')} Hz achieved, "
+        f"{args.hz:g} asked; lateness p99 {meta.get('lateness_ms_p99')} ms)"
     )
-    print("hottest frames (self time):", file=sys.stderr)
+    print("hottest frames (self time):")
     for frame, share in hottest(profile):
-        print(f"  {100 * share:5.1f}%  {frame}", file=sys.stderr)
+        print(f"  {100 * share:5.1f}%  {frame}")
     if suffix != ".html":
         return render(profile, suffix)
     from openrtc.profile.report import ReportInput, html_report

@@ -76,27 +76,34 @@ def _flame(profile: Profile) -> str:
 def _cpu_sections(cpu: Profile) -> list[str]:
     meta = cpu.meta
     note = (
-        f"{meta.get('samples', 0)} samples in {meta.get('seconds', 0)} s at {meta.get('hz_achieved', 0)} Hz "
+        f"{meta.get('samples', 0)} samples (covering {cpu.total:g} deadlines: a late one counts all it held) "
+        f"in {meta.get('seconds', 0)} s at {meta.get('hz_achieved', 0)} Hz "
         f"({meta.get('hz_target', 0)} asked); sample lateness p50 {meta.get('lateness_ms_p50')} ms, "
         f"p99 {meta.get('lateness_ms_p99')} ms. Stacks: worker;agent;session;frames. "
         "Click a frame to zoom, Search to highlight."
     )
     parts = [_section("CPU: the whole worker", _flame(cpu), note)]
+    sessions = sorted(cpu.by_session().items(), key=lambda kv: -kv[1].total)
+    heavy = [(k, p) for k, p in sessions if k.startswith(("session:", "tag:"))][:TOP_SESSIONS]
+    total, sample_s = cpu.total or 1.0, (cpu.sample_ms or 0) / 1000
+    rows = [
+        (k.partition(":")[2], _agent_of(p), round(100 * p.total / total, 1), round(p.total * sample_s, 2))
+        for k, p in heavy
+    ]
+    header = ("SESSION", "AGENT", "% OF SAMPLES", "SECONDS")
+    parts.append(_section("Top sessions by CPU (this recording)", _table(header, rows)))
     agents = sorted({s[1] for s in cpu.stacks if len(s) > 1 and s[1].startswith("agent:")})
     for agent in agents:
         parts.append(_section(f"CPU: {agent}", _flame(cpu.only([agent]))))
-    sessions = sorted(cpu.by_session().items(), key=lambda kv: -kv[1].total)
-    heavy = [(k, p) for k, p in sessions if k.startswith(("session:", "tag:"))][:TOP_SESSIONS]
     for key, part in heavy:
         parts.append(_section(f"CPU: {key}", _flame(part)))
-    total, sample_s = cpu.total or 1.0, (cpu.sample_ms or 0) / 1000
-    rows = [
-        (k.partition(":")[2], round(100 * p.total / total, 1), round(p.total * sample_s, 2))
-        for k, p in sessions
-        if k.startswith(("session:", "tag:"))
-    ][:TOP_SESSIONS]
-    parts.append(_section("Top sessions by CPU", _table(("SESSION", "CPU % OF SAMPLES", "SECONDS"), rows)))
     return parts
+
+
+def _agent_of(profile: Profile) -> str:
+    """The agent of a one-session profile (its stacks' second frame)."""
+    stack = next(iter(profile.stacks), ())
+    return stack[1].partition(":")[2] if len(stack) > 1 else ""
 
 
 def _usage_sections(summaries: Sequence[SessionSummary], tags: dict[str, str]) -> list[str]:

@@ -90,7 +90,8 @@ def test_cpu_profile_of_a_running_worker_in_every_format(worker: Worker, tmp_pat
         "profile", "--socket", str(worker.socket), "--seconds", "1.5", "-o", str(out), env=worker.env
     )
     assert done.returncode == 0, done.stderr
-    assert "samples" in done.stderr and f"profile written to {out}" in done.stderr
+    assert "samples in" in done.stdout and f"profile written to {out}" in done.stderr
+    assert "hottest frames (self time):" in done.stdout and ".crunch (agents/busy.py:" in done.stdout
     profile = parse_folded(out.read_text())
     crunching = [s for s in profile.stacks if any(".crunch (agents/busy.py:" in f for f in s)]
     assert crunching, out.read_text()
