@@ -158,6 +158,8 @@ class Pool:
         self._state = "new"  # new -> starting -> running -> draining -> closed
         self._draining: asyncio.Event | None = None
         self._shutdown: asyncio.Event | None = None
+        self._serving = False
+        """True under `serve`: it says `worker started` itself, once the signals are captured."""
         self._drain_task: asyncio.Task[None] | None = None
         self._deadline: DrainDeadline | None = None
         self._loop_thread_id = 0
@@ -297,8 +299,13 @@ class Pool:
             await self.aclose()
             raise
         self._state = "running"
+        if not self._serving:
+            self._announce()
+
+    def _announce(self) -> None:
         # Embedded (`async with AgentPool()`), agents are usually added after the start: each is then
-        # logged as it is added.
+        # logged as it is added. Under `serve`, the line comes once the signals are captured: whoever
+        # waits for it (a supervisor, a test) may send SIGTERM at once and see a drain, not a kill.
         log.info("worker started pid=%d agents=%s", os.getpid(), ",".join(self.agent_names) or "(none yet)")
 
     async def aclose(self) -> None:
@@ -322,6 +329,7 @@ class Pool:
         a thread of the worker writes every session's end line, removes the socket and exits the
         process with `EXIT_DRAIN_DEADLINE`.
         """
+        self._serving = True
         await self.start()
         assert self._loop is not None and self._shutdown is not None
         deadline = DrainDeadline(self._loop, self.config.drain_timeout_s, self._give_up)
@@ -329,6 +337,7 @@ class Pool:
         deadline.start()
         try:
             with capture_signals(self._loop, self._on_signal, deadline.arm):
+                self._announce()
                 await self._shutdown.wait()
                 await self.aclose()  # signals still captured: a second one cancels everything
         finally:

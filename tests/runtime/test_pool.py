@@ -402,6 +402,41 @@ def test_serve_drains_on_sigterm_and_restores_handlers(sock_home: Path, run_loop
     assert signal.getsignal(signal.SIGTERM) == before
 
 
+def test_serve_says_worker_started_only_once_sigterm_drains(run_loop: Any) -> None:
+    """Whoever waits for `worker started` may send SIGTERM at once: by then SIGTERM must start a drain,
+    not kill the process (seen once in a loaded run: the line came before the handlers were in)."""
+    handlers: list[Any] = []
+
+    class Probe(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("worker started"):
+                handlers.append(signal.getsignal(signal.SIGTERM))
+
+    async def main() -> None:
+        pool = AgentPool(enable_introspection=False, drain_timeout_s=0.2)
+
+        async def stop() -> None:
+            try:
+                await wait_until(lambda: bool(handlers))
+            finally:  # whatever happened, the worker must stop
+                pool.request_drain()
+
+        stopper = asyncio.create_task(stop())
+        await pool.serve()
+        await stopper
+
+    probe, logger = Probe(), logging.getLogger("openrtc.pool")
+    level = logger.level
+    logger.addHandler(probe)
+    logger.setLevel(logging.INFO)
+    try:
+        run_loop(main())
+    finally:
+        logger.removeHandler(probe)
+        logger.setLevel(level)
+    assert len(handlers) == 1 and handlers[0] not in (signal.SIG_DFL, signal.SIG_IGN, None)
+
+
 def test_embedded_in_a_real_http_server(run_loop: Any) -> None:
     """An HTTP server starts one session per connection; the session answers the request."""
 
