@@ -52,6 +52,7 @@ __all__ = ["ConfirmScreen", "HelpScreen", "SessionScreen", "TopApp", "make_app"]
 
 PROFILE_SECONDS = 5.0
 """How long `r` records."""
+NO_PROFILE = f"none yet (r records a {PROFILE_SECONDS:g} s CPU profile)"
 
 
 class TopApp(App[None]):
@@ -181,7 +182,7 @@ class TopApp(App[None]):
         if isinstance(screen, SessionScreen):
             found = self._where.get(screen.key)
             if found is not None and found[0].snapshot is not None:
-                last = self.last_profiles.get(screen.key)
+                last = self.last_profiles.get(screen.key, NO_PROFILE)
                 screen.show(detail_text(found[0], found[1], found[0].snapshot, last))
 
     def _show_workers(self, fetch: Fetch) -> None:
@@ -369,7 +370,7 @@ class TopApp(App[None]):
             return
         view, row = found
         key = f"{view.socket_path}|{row.session_id}"
-        text = detail_text(view, row, found[0].snapshot, self.last_profiles.get(key))
+        text = detail_text(view, row, found[0].snapshot, self.last_profiles.get(key, NO_PROFILE))
         self.push_screen(SessionScreen(key, text))
 
     def action_cancel_session(self) -> None:

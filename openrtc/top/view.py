@@ -312,7 +312,8 @@ def detail_lines(
         fields.append(("cost", f"{cost_text(u) or '-'}{unknown}"))
     if u is not None and (u.tools_ok or u.tools_failed):
         fields.append(("tools", f"{u.tools_ok} ok, {u.tools_failed} failed"))
-    fields.append(("profile", last_profile or "none yet (r records a 5 s CPU profile)"))
+    if last_profile is not None:  # the live view's: `top --once` records none
+        fields.append(("profile", last_profile))
     out: list[tuple[str, str]] = [(f"session {row.session_id}", "bold")]
     out += [(f"  {name:<11}\0{value}", "field") for name, value in fields]
     if u is not None and u.models:
