@@ -15,6 +15,9 @@ from openrtc.cli.env import positive_float
 from openrtc.errors import ConfigError, OpenRTCError
 
 KINDS = ("cpu", "tokens", "tools", "wall")
+DEFAULT_TAGGER = "http://127.0.0.1:8080"
+"""llama.cpp's `llama-server` on its default port (`openrtc.profile.tagger.DEFAULT_URL`; not imported
+here: `--help` stays fast)."""
 REPORT_WINDOW_S = 3600.0
 """A CPU report's event-log part: the sessions of this last stretch, unless --since says otherwise."""
 
@@ -24,7 +27,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "profile",
         help="CPU profile of a worker's sessions, or token / tool / wall-time profiles from the event log",
         description="cpu (the default): record the loop thread of a running worker for --seconds and "
-        "stamp each sample with the session whose step runs (idle, outside and gc for the rest). "
+        "stamp each sample with the session whose step runs (idle, outside and gc for the rest); in process "
+        "isolation each session's own process samples itself at the same time. "
         "tokens, tools, wall: profiles of the event log's sessions, as stacks weighted by tokens, tool "
         "calls (or ms) and milliseconds of wall time. The output's name picks the format: .folded "
         "(flamegraph.pl), .svg (interactive flamegraph), .speedscope.json, .pprof.gz, .html (the "
@@ -73,9 +77,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     tags = p.add_argument_group("tags (a one-word tag per session in place of its id)")
     tags.add_argument(
         "--tag-with",
+        nargs="?",
+        const=DEFAULT_TAGGER,
         metavar="URL",
         help="an OpenAI-compatible server that names each session in one word from its recorded content "
-        "(llama.cpp's llama-server: http://127.0.0.1:8080)",
+        f"(alone: llama.cpp's llama-server at {DEFAULT_TAGGER})",
     )
     tags.add_argument("--tag-model", metavar="NAME", help="the model to ask for (default: the server's)")
     tags.add_argument(

@@ -18,12 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 from openrtc.introspection.wire import error_reply, ok_reply
 from openrtc.profile.sampler import MAX_HZ, MAX_SECONDS, Sampler
-from openrtc.profile.stacks import Profile, ProfileError, from_wire, to_wire
+from openrtc.profile.stacks import Profile, ProfileError, Stack, add, from_wire, to_wire
 from openrtc.runtime.hooks import Hook
 
 if TYPE_CHECKING:
     from openrtc.introspection.hook import IntrospectionHook
     from openrtc.introspection.server import Respond
+    from openrtc.runtime.session import Session
     from openrtc.runtime.view import PoolView
 
 log = logging.getLogger("openrtc.profile")
@@ -79,19 +80,24 @@ class ProfileHook(Hook):
         if problem is not None:
             respond(error_reply("bad_request", problem))
             return
-        target = view.session(session_id) if session_id is not None else None
-        if view.config.isolation == "process" and target is not None:
-            # The session's code runs in its own process: that process samples itself.
-            payload = {"seconds": seconds, "hz": hz, "code_dirs": list(view.code_dirs(target.agent))}
-            coro = self._ask_child(target.id, payload)
+        children: concurrent.futures.Future[Profile] | None = None
+        if view.config.isolation == "process":
+            # The sessions' code runs in their own processes: each samples itself, at the same time.
+            targets = [
+                s
+                for s in view.sessions()
+                if (session_id is None or s.id == session_id) and (agent is None or s.agent == agent)
+            ]
+            coro = self._ask_children(targets, float(seconds), float(hz))
             try:
-                future = contextvars.Context().run(asyncio.run_coroutine_threadsafe, coro, view.loop)
+                children = contextvars.Context().run(asyncio.run_coroutine_threadsafe, coro, view.loop)
             except RuntimeError:
                 coro.close()
                 respond(error_reply("not_running", "the worker's event loop is closed"))
                 return
-            future.add_done_callback(lambda f: respond(_child_reply(f)))
-            return
+            if session_id is not None or agent is not None:  # nothing of theirs runs in the worker
+                children.add_done_callback(lambda f: respond(_children_reply(f)))
+                return
         sampler = Sampler(
             monitor.clock,
             monitor.gc.pauses,
@@ -113,32 +119,61 @@ class ProfileHook(Hook):
             respond(error_reply("not_running", "the worker's event loop is closed"))
             return
         threading.Thread(
-            target=self._wait, args=(sampler, respond), name="openrtc-profile", daemon=True
+            target=self._wait, args=(sampler, respond, children), name="openrtc-profile", daemon=True
         ).start()
 
-    async def _ask_child(self, session_id: str, payload: dict[str, Any]) -> dict[str, Any]:
-        session = self._view.session(session_id) if self._view is not None else None
-        if session is None or session.child is None:
-            raise ProfileError(
-                f"session {session_id!r} has no process to profile (it has not started or has ended)"
-            )
-        wire = await asyncio.wait_for(
-            session.child.ask("profile", payload), payload["seconds"] + START_WAIT_S * 2
+    async def _ask_children(self, sessions: list[Session], seconds: float, hz: float) -> Profile:
+        """Every session's own process records at once; their profiles, merged (on the loop thread).
+        A process that fails (it ended meanwhile) is counted in `children_failed`, not fatal."""
+        answers = await asyncio.gather(
+            *(self._ask_child(s, seconds, hz) for s in sessions), return_exceptions=True
         )
-        if not isinstance(wire, dict):
-            raise ProfileError("the session's process answered with something that is not a profile")
-        profile = from_wire(wire)  # checked here: a bad answer is the worker's error, not the client's
-        head = ("worker", f"agent:{session.agent}", f"session:{session.id}")
-        stacks = {
-            (head + s[3:] if s[:1] == ("worker",) and len(s) > 3 else s): w for s, w in profile.stacks.items()
+        stacks: dict[Stack, float] = {}
+        metas = []
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                continue
+            metas.append(answer.meta)
+            for stack, weight in answer.stacks.items():
+                add(stacks, stack, weight)
+        if sessions and not metas:
+            first = next(a for a in answers if isinstance(a, BaseException))
+            raise ProfileError(f"no session's process could record: {first}")
+        meta: dict[str, Any] = {
+            "hz_target": hz,
+            "seconds": max((m.get("seconds") or 0.0 for m in metas), default=0.0),
+            "samples": sum(int(m.get("samples") or 0) for m in metas),
+            "hz_achieved": round(sum(float(m.get("hz_achieved") or 0.0) for m in metas) / len(metas), 1)
+            if metas
+            else 0.0,
+            "lateness_ms_p50": max((m.get("lateness_ms_p50") or 0.0 for m in metas), default=None),
+            "lateness_ms_p99": max((m.get("lateness_ms_p99") or 0.0 for m in metas), default=None),
+            "children": len(metas),
+            "children_failed": len(sessions) - len(metas),
+            "pids": [m.get("pid") for m in metas],
         }
-        return to_wire(
-            Profile(
-                stacks, profile.unit, profile.title, profile.session_depth, profile.sample_ms, profile.meta
-            )
-        )
+        return Profile(stacks, "samples", "CPU", session_depth=2, sample_ms=1000.0 / hz, meta=meta)
 
-    def _wait(self, sampler: Sampler, respond: Respond) -> None:
+    async def _ask_child(self, session: Session, seconds: float, hz: float) -> Profile:
+        if session.child is None:
+            raise ProfileError(f"session {session.id!r} has no process to profile (it has not started)")
+        payload = {"seconds": seconds, "hz": hz, "code_dirs": list(self._code_dirs(session.agent))}
+        wire = await asyncio.wait_for(session.child.ask("profile", payload), seconds + START_WAIT_S * 2)
+        profile = from_wire(wire)  # checked here: a bad answer is the worker's error, not the client's
+        # Everything of that process is the session's: its idle time and callbacks go under it too.
+        head = ("worker", f"agent:{session.agent}", f"session:{session.id}")
+        stacks: dict[Stack, float] = {}
+        for stack, weight in profile.stacks.items():
+            own = len(stack) >= 3 and stack[2].startswith("session:")
+            add(stacks, head + (stack[3:] if own else stack[1:]), weight)
+        return Profile(stacks, profile.unit, profile.title, 2, profile.sample_ms, profile.meta)
+
+    def _code_dirs(self, agent: str) -> tuple[str, ...]:
+        return self._view.code_dirs(agent) if self._view is not None else ()
+
+    def _wait(
+        self, sampler: Sampler, respond: Respond, children: concurrent.futures.Future[Profile] | None = None
+    ) -> None:
         try:
             if not sampler.done.wait(START_WAIT_S + sampler.seconds) and not sampler.running:
                 sampler.cancelled = True
@@ -157,6 +192,8 @@ class ProfileHook(Hook):
                 respond(error_reply("unsupported", sampler.error))
                 return
             profile = sampler.profile()
+            if children is not None:  # process isolation: the worker's own loop, and every session's
+                profile = _merged(profile, children)
             log.info(
                 "profile recorded: %d samples in %.1f s (%.0f Hz asked, %.0f achieved)",
                 profile.meta["samples"],
@@ -181,15 +218,33 @@ class ProfileHook(Hook):
                 self._current = None
 
 
-def _child_reply(future: concurrent.futures.Future[dict[str, Any]]) -> dict[str, Any]:
+def _children_reply(future: concurrent.futures.Future[Profile]) -> dict[str, Any]:
     if future.cancelled():
-        return error_reply("not_running", "the session's process went away before it answered")
+        return error_reply("not_running", "the worker stopped before the sessions' processes answered")
     exc = future.exception()
-    if isinstance(exc, TimeoutError):
-        return error_reply("blocked", "the session's process did not answer in time")
     if exc is not None:
-        return error_reply("unsupported", f"the session's process could not record: {exc}")
-    return ok_reply({"profile": future.result()})
+        return error_reply("unsupported", f"could not record: {exc}")
+    return ok_reply({"profile": to_wire(future.result())})
+
+
+def _merged(worker: Profile, children: concurrent.futures.Future[Profile]) -> Profile:
+    """The worker's own profile with its sessions' processes' (those that answered)."""
+    try:
+        theirs = children.result(timeout=START_WAIT_S * 2)
+    except Exception as exc:  # the worker's own profile stands; the reason goes with it
+        return Profile(
+            worker.stacks,
+            worker.unit,
+            worker.title,
+            2,
+            worker.sample_ms,
+            {**worker.meta, "children_error": str(exc)},
+        )
+    stacks = dict(worker.stacks)
+    for stack, weight in theirs.stacks.items():
+        add(stacks, stack, weight)
+    meta = {**worker.meta, **{k: theirs.meta[k] for k in ("children", "children_failed", "pids")}}
+    return Profile(stacks, worker.unit, worker.title, 2, worker.sample_ms, meta)
 
 
 def _number(value: Any) -> bool:

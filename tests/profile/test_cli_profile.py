@@ -291,10 +291,15 @@ def test_a_session_in_its_own_process_is_sampled_there(
     crunching = sum(w for s, w in stacks.items() if any(".crunch (agents/busy.py:" in f for f in s))
     assert crunching >= 0.3 * sum(stacks.values()), out.read_text()  # about half its time crunches
     assert all(s[:3] == ("worker", "agent:busy", f"session:{session_id}") for s in stacks if len(s) > 3)
-    # The whole worker, in process mode: its own loop, where the sessions are only proxies.
+    # The whole worker, in process mode: its own loop (where the sessions are proxies) and, recorded at
+    # the same time, every session's own process, each under its session (its idle time too).
     whole = tmp_path / "worker.folded"
     done = run_cli(
-        "profile", "--socket", str(worker.socket), "--seconds", "0.5", "-o", str(whole), env=worker.env
+        "profile", "--socket", str(worker.socket), "--seconds", "1", "-o", str(whole), env=worker.env
     )
     assert done.returncode == 0, done.stderr
-    assert not any(".crunch (" in f for s in parse_folded(whole.read_text()).stacks for f in s)
+    stacks = parse_folded(whole.read_text()).stacks
+    mine = ("worker", "agent:busy", f"session:{session_id}")
+    assert any(s[:3] == mine and ".crunch (agents/busy.py:" in s[-1] for s in stacks), whole.read_text()
+    assert any(s[1] in ("idle", "outside") for s in stacks)  # the worker's own loop
+    assert all(s[:3] == mine or s[1] in ("idle", "outside", "gc") for s in stacks), whole.read_text()

@@ -116,3 +116,10 @@ def test_words_and_content() -> None:
         [{"input": [{"role": "user", "content": "hi"}], "output": "hello"}, None, {"output": "x"}]
     )
     assert "hi" in text and "hello" in text and text.endswith("x")
+
+
+def test_the_cli_default_is_the_taggers() -> None:
+    from openrtc.cli.profile import DEFAULT_TAGGER
+    from openrtc.profile.tagger import DEFAULT_URL
+
+    assert DEFAULT_TAGGER == DEFAULT_URL
