@@ -51,6 +51,7 @@ def test_public_module_attributes_are_exactly_all() -> None:
         "metrics",
         "otel",
         "profile",
+        "fleet",
         "introspection",
         "top",
         "cli",

@@ -1,0 +1,130 @@
+"""Dispatching sessions to a fleet: publish a request to the stream, and get its session id back.
+
+    session_id = await openrtc.fleet.dispatch("nats://127.0.0.1:4222", "chat", tenant="acme")
+
+The stream is made on first use (or checked, when it exists, for what openrtc needs of it). The
+publish waits for JetStream's acknowledgement: when `dispatch` returns, the request is stored, and a
+worker with the agent will take it when it has room. A publish of an id already in the stream's
+duplicate window is dropped by the server: `dispatch` then says so (`duplicate=True` in `publish`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from openrtc.fleet.protocol import (
+    DUPLICATE_WINDOW_S,
+    STREAM,
+    SUBJECT_PREFIX,
+    FleetError,
+    make_request,
+    subject,
+)
+
+log = logging.getLogger("openrtc.fleet")
+
+CONNECT_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class Published:
+    """What the server said of one request."""
+
+    session_id: str
+    """The request's session id."""
+    duplicate: bool
+    """True when the server dropped it: the same id was published within the duplicate window."""
+    seq: int
+    """Its sequence number in the stream (the first publish's, for a duplicate)."""
+
+
+async def connect(url: str, name: str = "openrtc", **options: Any) -> Any:
+    """A NATS connection (nats-py), or `FleetError` when no server answers at `url`."""
+    try:
+        import nats
+    except ImportError:  # pragma: no cover - the fleet extra
+        raise FleetError("the fleet needs nats-py: pip install 'openrtc[fleet]'") from None
+    errors: list[BaseException] = []
+
+    async def on_error(exc: BaseException) -> None:
+        # nats-py's default logs a traceback per failed attempt; the caller gets one clear error.
+        errors.append(exc)
+        log.debug("nats: %s: %s", type(exc).__name__, exc)
+
+    try:
+        return await nats.connect(
+            servers=[url],
+            name=name,
+            connect_timeout=CONNECT_TIMEOUT_S,
+            allow_reconnect=False,
+            max_reconnect_attempts=1,  # two attempts in all (0 would mean: forever)
+            reconnect_time_wait=0.2,
+            error_cb=on_error,
+            **options,
+        )
+    except Exception as exc:
+        cause = errors[-1] if errors else exc
+        raise FleetError(f"no NATS server answers at {url}: {type(cause).__name__}: {cause}") from None
+
+
+async def ensure_stream(js: Any) -> None:
+    """The sessions stream: made when missing, checked when present."""
+    from nats.js.api import RetentionPolicy, StreamConfig
+    from nats.js.errors import NotFoundError
+
+    try:
+        info = await js.stream_info(STREAM)
+    except NotFoundError:
+        await js.add_stream(
+            StreamConfig(
+                name=STREAM,
+                subjects=[SUBJECT_PREFIX + "*"],
+                retention=RetentionPolicy.WORK_QUEUE,
+                duplicate_window=DUPLICATE_WINDOW_S,
+            )
+        )
+        return
+    if info.config.retention != RetentionPolicy.WORK_QUEUE:
+        raise FleetError(
+            f"stream {STREAM} exists with {info.config.retention} retention; openrtc needs workqueue"
+        )
+
+
+async def publish(
+    js: Any,
+    agent: str,
+    *,
+    tenant: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    session_id: str | None = None,
+) -> Published:
+    """Publish one request on an open JetStream context."""
+    request = make_request(agent, tenant, metadata, session_id)
+    ack = await js.publish(
+        subject(agent), request.encode(), stream=STREAM, headers={"Nats-Msg-Id": request.session_id}
+    )
+    return Published(request.session_id, bool(ack.duplicate), int(ack.seq))
+
+
+async def dispatch(
+    url: str,
+    agent: str,
+    *,
+    tenant: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    session_id: str | None = None,
+) -> str:
+    """Publish a session request to the fleet at `url`; its session id. `FleetError` on a bad
+    request, no server, or a duplicate id."""
+    nc = await connect(url, name="openrtc-dispatch")
+    try:
+        js = nc.jetstream()
+        await ensure_stream(js)
+        published = await publish(js, agent, tenant=tenant, metadata=metadata, session_id=session_id)
+    finally:
+        await nc.close()
+    if published.duplicate:
+        raise FleetError(f"session {published.session_id} was already dispatched (a duplicate was dropped)")
+    return published.session_id

@@ -1,0 +1,142 @@
+"""What crosses NATS: subjects, the stream and its consumers, a session request and its validation.
+Pure (no client here).
+
+- Requests go to the stream `OPENRTC_SESSIONS` (work-queue retention: a message is gone once a
+  worker acks it), subject `openrtc.sessions.<agent>`, with the header `Nats-Msg-Id: <session id>`: a
+  second publish of the same id inside the stream's duplicate window is dropped by the server.
+- One durable pull consumer per agent, `openrtc-<agent>`, shared by every worker that has the agent.
+- Lifecycle events: `openrtc.events.<agent>.<state>`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from openrtc.errors import OpenRTCError
+
+STREAM = "OPENRTC_SESSIONS"
+SUBJECT_PREFIX = "openrtc.sessions."
+EVENTS_PREFIX = "openrtc.events."
+DUPLICATE_WINDOW_S = 120.0
+"""A second publish of a session id within this long is dropped (the stream's duplicate window)."""
+ACK_WAIT_S = 30.0
+MAX_DELIVER = 5
+MAX_REQUEST_BYTES = 64 << 10
+
+# A subject token: no dots (levels), no wildcards, no spaces. Agent names are Python-ish already.
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+_SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class FleetError(OpenRTCError):
+    """A fleet request or setting is invalid, or the NATS server refused or went away."""
+
+
+def check_agent(agent: Any) -> str:
+    """The agent name, if it can be a subject token; else `FleetError` saying why."""
+    if not isinstance(agent, str) or not _TOKEN.match(agent):
+        raise FleetError(
+            f"agent name {agent!r} cannot be a NATS subject token (letters, digits, _ and - only)"
+        )
+    return agent
+
+
+def subject(agent: str) -> str:
+    return SUBJECT_PREFIX + check_agent(agent)
+
+
+def durable(agent: str) -> str:
+    """The pull consumer every worker with `agent` shares."""
+    return "openrtc-" + check_agent(agent)
+
+
+def event_subject(agent: str, state: str) -> str:
+    return f"{EVENTS_PREFIX}{check_agent(agent)}.{state}"
+
+
+def new_session_id() -> str:
+    """12 hex characters, like the pool's own."""
+    return secrets.token_hex(6)
+
+
+@dataclass(frozen=True)
+class Request:
+    """A session request, as published."""
+
+    session_id: str
+    """Its id: the message id too (`Nats-Msg-Id`)."""
+    agent: str
+    """The agent to run it."""
+    tenant: str | None = None
+    """Its tenant, or None."""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    """What the session receives as `session.metadata` (JSON)."""
+    created_at: float = 0.0
+    """Unix time it was published."""
+
+    def encode(self) -> bytes:
+        body = json.dumps(
+            {
+                "session_id": self.session_id,
+                "agent": self.agent,
+                "tenant": self.tenant,
+                "metadata": self.metadata,
+                "created_at": self.created_at,
+            },
+            separators=(",", ":"),
+        ).encode()
+        if len(body) > MAX_REQUEST_BYTES:
+            raise FleetError(
+                f"the request is {len(body)} bytes; at most {MAX_REQUEST_BYTES} (trim its metadata)"
+            )
+        return body
+
+
+def make_request(
+    agent: str,
+    tenant: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    session_id: str | None = None,
+    now: float | None = None,
+) -> Request:
+    """A checked request (`FleetError` for a bad agent, tenant, metadata or id)."""
+    check_agent(agent)
+    sid = session_id if session_id is not None else new_session_id()
+    if not isinstance(sid, str) or not _SESSION_ID.match(sid):
+        raise FleetError(f"session id {sid!r}: 1 to 64 letters, digits, _ or -")
+    if tenant is not None and not isinstance(tenant, str):
+        raise FleetError("tenant must be a string")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise FleetError("metadata must be a JSON object")
+    request = Request(sid, agent, tenant, dict(metadata or {}), time.time() if now is None else now)
+    request.encode()  # its size, and that it is JSON
+    return request
+
+
+def decode_request(body: bytes) -> Request:
+    """A request from a message body; `FleetError` (the reason to log when terminating it) otherwise."""
+    if len(body) > MAX_REQUEST_BYTES:
+        raise FleetError(f"request of {len(body)} bytes (at most {MAX_REQUEST_BYTES})")
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise FleetError(f"request is not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise FleetError("request is not a JSON object")
+    if not isinstance(doc.get("session_id"), str):
+        raise FleetError("request has no session_id")
+    created = doc.get("created_at", 0.0)
+    if not isinstance(created, int | float) or isinstance(created, bool):
+        raise FleetError("created_at must be a number")
+    return make_request(
+        check_agent(doc.get("agent")),
+        doc.get("tenant"),
+        doc.get("metadata"),
+        doc.get("session_id"),
+        float(created),
+    )
