@@ -166,9 +166,10 @@ def test_200_concurrent_clients_against_1000_sessions(
     with WorkerClient(worker.socket) as client:
         after: dict[str, Any] = client.request("snapshot")["worker"]
     # The heartbeat window (5 s) now covers the burst. The 2 ms goal is measured by
-    # benchmarks/bench_clients.py (repeated, on a quiet machine); here: no seconds-long GIL convoy.
+    # benchmarks/bench_clients.py (repeated, on a quiet machine); here: no seconds-long GIL convoy
+    # (a loaded CI machine alone gave a 69 ms lag once, so the bound is a quarter second).
     assert burst_s < 5, burst_s
-    assert after["loop_lag_ms"]["p99"] <= before + 50.0, (before, after["loop_lag_ms"], burst_s)
+    assert after["loop_lag_ms"]["p99"] <= before + 250.0, (before, after["loop_lag_ms"], burst_s)
     assert after["introspection"]["errors"] == 0
 
 

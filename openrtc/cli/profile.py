@@ -27,8 +27,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "profile",
         help="CPU profile of a worker's sessions, or token / tool / wall-time profiles from the event log",
         description="cpu (the default): record the loop thread of a running worker for --seconds and "
-        "stamp each sample with the session whose step runs (idle, outside and gc for the rest); in process "
-        "isolation each session's own process samples itself at the same time. "
+        "stamp each sample with the session whose step runs (idle, outside, gc and cpu-wait for the "
+        "rest); in process isolation each session's own process samples itself at the same time. "
         "tokens, tools, wall: profiles of the event log's sessions, as stacks weighted by tokens, tool "
         "calls (or ms) and milliseconds of wall time. The output's name picks the format: .folded "
         "(flamegraph.pl), .svg (interactive flamegraph), .speedscope.json, .pprof.gz, .html (the "

@@ -13,8 +13,10 @@ samples at 100 Hz, not one.
 
 Deadlines come every `1/hz` seconds on average, each drawn between half and one and a half periods
 (jitter: a periodic load must not beat with the sampler). A deadline that fell inside a garbage
-collection is counted as `gc`. Each sample's lateness (how long after its deadline the handler ran)
-is kept, and the achieved rate reported.
+collection is counted as `gc`; one that fell while the loop thread waited for a CPU (runnable, not
+running: Linux's schedstat says how long) as `cpu-wait`: on an overloaded machine, that time is
+nobody's code, and counted for the interrupted frame it would skew the shares. Each sample's lateness
+(how long after its deadline the handler ran) is kept, and the achieved rate reported.
 
 Nothing here runs unless a profile is recording: no thread, no timer, no handler installed.
 """
@@ -99,6 +101,8 @@ class Sampler:
         self._started_at = 0.0
         self._ended = 0.0
         self._old_handler: Any = None
+        self._schedstat: int | None = None
+        self._waited = 0.0
         self._loop_caller: FrameType | None = None
         self.running = False
         self.cancelled = False
@@ -135,6 +139,11 @@ class Sampler:
         current = signal.getsignal(signal.SIGALRM)
         if current not in (signal.SIG_DFL, signal.SIG_IGN, None) or signal.getitimer(signal.ITIMER_REAL)[0]:
             raise ProfileError("SIGALRM or its timer is in use in this worker; a CPU profile cannot share it")
+        try:  # this (the loop) thread's scheduler statistics, read by each sample
+            self._schedstat = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+        except OSError:
+            self._schedstat = None
+        self._cpu_waited()
         self._old_handler = signal.signal(signal.SIGALRM, self._on_signal)
         self._began = self._now()
         self._started_at = time()
@@ -151,6 +160,9 @@ class Sampler:
         self.running = False
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, self._old_handler if self._old_handler is not None else signal.SIG_DFL)
+        if self._schedstat is not None:
+            os.close(self._schedstat)
+            self._schedstat = None
         self._ended = self._now()
         self._finished()
 
@@ -159,6 +171,19 @@ class Sampler:
             self.done.set()
             if self._on_done is not None:
                 self._on_done()
+
+    def _cpu_waited(self) -> float:
+        """Seconds this thread waited for a CPU (runnable, not running) since the last call; 0 where
+        Linux's schedstat is not there."""
+        fd = self._schedstat
+        if fd is None:
+            return 0.0
+        try:
+            total = int(os.pread(fd, 128, 0).split()[1]) / 1e9
+        except (OSError, ValueError, IndexError):
+            return 0.0
+        waited, self._waited = total - self._waited, total
+        return max(0.0, waited)
 
     def _gap(self) -> float:
         return self._period * (0.5 + self._rng.random())
@@ -172,11 +197,16 @@ class Sampler:
         if now < deadline:  # a stray SIGALRM: keep the schedule
             signal.setitimer(signal.ITIMER_REAL, deadline - now)
             return
-        self._lateness.append(now - deadline)
-        weight = in_gc = 0
+        first = deadline
+        self._lateness.append(now - first)
+        # The lateness the OS explains (the thread was runnable, waiting for a CPU) is nobody's code.
+        waited_until = first + min(self._cpu_waited(), now - first)
+        weight = in_gc = in_wait = 0
         pauses = self._gc_pauses
         while deadline <= now:
-            if pauses and any(s <= deadline <= e for s, e in list(pauses)[-4:]):
+            if deadline < waited_until:
+                in_wait += 1
+            elif pauses and any(s <= deadline <= e for s, e in list(pauses)[-4:]):
                 in_gc += 1
             else:
                 weight += 1
@@ -184,6 +214,8 @@ class Sampler:
         self._next = deadline
         if in_gc:
             self._counts[("gc",)] += in_gc
+        if in_wait:
+            self._counts[("cpu-wait",)] += in_wait
         if weight:
             self._take(frame, weight)
         if now >= self._end:

@@ -2,7 +2,7 @@
 
 A stack is a tuple of frame names, root first. The names follow one contract (README, "Profiles"):
 `worker`, `agent:A`, `session:S` (or `tag:WORD`), then `module.function (file:line)` frames for a CPU
-profile; `outside`, `idle` and `gc` for samples no session explains; semantic profiles start at
+profile; `outside`, `idle`, `gc` and `cpu-wait` for samples no session explains; semantic profiles start at
 `agent:A`. A `;` inside a name becomes `:` (the folded format separates frames with `;`), and a line
 break becomes a space.
 """

@@ -110,7 +110,7 @@ def color(name: str) -> str:
     h = int(hashlib.blake2b(name.encode(), digest_size=2).hexdigest(), 16)
     if name in ("idle",):
         return "rgb(200,200,200)"
-    if name == "gc":
+    if name in ("gc", "cpu-wait"):
         return f"rgb({160 + h % 30},120,220)"
     if name in ("outside", "worker") or name.startswith(("agent:", "session:", "tag:")):
         return f"rgb({110 + h % 40},{160 + h % 40},230)"

@@ -68,7 +68,8 @@ def test_a_second_publish_of_the_same_id_is_dropped_by_the_server(nats_server: N
 
 
 def test_errors_a_caller_can_meet(nats_server: NatsServer, capfd: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(FleetError, match=r"no NATS server answers at nats://127\.0\.0\.1:9: ConnectionRefusedError"):
+    refused = r"no NATS server answers at nats://127\.0\.0\.1:9: ConnectionRefusedError"
+    with pytest.raises(FleetError, match=refused):
         asyncio.run(dispatch("nats://127.0.0.1:9", "chat"))
     assert "Traceback" not in capfd.readouterr().err  # one clear error, not nats-py's per attempt
     with pytest.raises(FleetError, match="cannot be a NATS subject token"):
