@@ -103,6 +103,8 @@ class Sampler:
         self._old_handler: Any = None
         self._schedstat: int | None = None
         self._waited = 0.0
+        self._last = 0.0
+        """When the last sample was taken (or the recording began)."""
         self._loop_caller: FrameType | None = None
         self.running = False
         self.cancelled = False
@@ -145,7 +147,7 @@ class Sampler:
             self._schedstat = None
         self._cpu_waited()
         self._old_handler = signal.signal(signal.SIGALRM, self._on_signal)
-        self._began = self._now()
+        self._began = self._last = self._now()
         self._started_at = time()
         self._end = self._began + self.seconds
         self._next = self._began + self._gap()
@@ -197,10 +199,14 @@ class Sampler:
         if now < deadline:  # a stray SIGALRM: keep the schedule
             signal.setitimer(signal.ITIMER_REAL, deadline - now)
             return
-        first = deadline
+        first, previous = deadline, self._last
+        self._last = now
         self._lateness.append(now - first)
         # The lateness the OS explains (the thread was runnable, waiting for a CPU) is nobody's code.
-        waited_until = first + min(self._cpu_waited(), now - first)
+        # When in the interval since the last sample the thread waited is unknown: only the wait
+        # longer than the stretch before this deadline surely fell after it.
+        surely_late = self._cpu_waited() - (first - previous)
+        waited_until = first + min(max(0.0, surely_late), now - first)
         weight = in_gc = in_wait = 0
         pauses = self._gc_pauses
         while deadline <= now:
@@ -212,10 +218,13 @@ class Sampler:
                 weight += 1
             deadline += self._gap()
         self._next = deadline
-        if in_gc:
-            self._counts[("gc",)] += in_gc
-        if in_wait:
-            self._counts[("cpu-wait",)] += in_wait
+        if self.session_id is not None or self.agent is not None:
+            self._elsewhere += in_gc + in_wait  # whose they were is not known: not the asked one's
+        else:
+            if in_gc:
+                self._counts[("gc",)] += in_gc
+            if in_wait:
+                self._counts[("cpu-wait",)] += in_wait
         if weight:
             self._take(frame, weight)
         if now >= self._end:

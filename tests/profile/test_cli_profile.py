@@ -302,4 +302,6 @@ def test_a_session_in_its_own_process_is_sampled_there(
     mine = ("worker", "agent:busy", f"session:{session_id}")
     assert any(s[:3] == mine and ".crunch (agents/busy.py:" in s[-1] for s in stacks), whole.read_text()
     assert any(s[1] in ("idle", "outside") for s in stacks)  # the worker's own loop
-    assert all(s[:3] == mine or s[1] in ("idle", "outside", "gc") for s in stacks), whole.read_text()
+    assert all(s[:3] == mine or s[1] in ("idle", "outside", "gc", "cpu-wait") for s in stacks), (
+        whole.read_text()
+    )
