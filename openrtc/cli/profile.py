@@ -36,9 +36,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "(no worker, nothing recorded, no tagger); 2 for bad flags.",
     )
     p.add_argument("kind", nargs="?", choices=KINDS, default="cpu", help="what to profile (default: cpu)")
+    # `-o` alone: with a long twin, Python 3.13's help reads `-o, --output FILE` and 3.11's
+    # `-o FILE, --output FILE`, and the README's generated reference must be the same on both.
     p.add_argument(
         "-o",
-        "--output",
+        dest="output",
         type=Path,
         required=True,
         metavar="FILE",

@@ -88,7 +88,9 @@ def test_cpu_pct_matches_truth_within_3_points(
 
     snap, taken = run_loop(main())
     window = snap["worker"]["introspection"]["window_s"]
-    assert 4.5 <= window <= 5.6  # ticks can slip when the watchdog waits for the GIL
+    # Ticks slip when the watchdog waits for the GIL: uvloop's 0.1 ms steps on Python 3.13 once left a
+    # 3.7 s window in a full CI run. The truth below spans the same window, whatever its length.
+    assert 2.5 <= window <= 5.6, window
     for row in snap["sessions"]:
         lo = taken - window
         truth_s = sum(
