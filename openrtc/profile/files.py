@@ -10,12 +10,12 @@ from pathlib import Path
 from openrtc._private import ensure_private_dir
 from openrtc.profile.stacks import Profile, ProfileError
 from openrtc.profile.svg import svg
+from openrtc.usage.eventlog import default_log_dir
 
 
 def profiles_dir(environ: Mapping[str, str] | None = None) -> Path:
-    env = os.environ if environ is None else environ
-    state = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return Path(state) / "openrtc" / "profiles"
+    """Beside the event log's default folder: `$XDG_STATE_HOME/openrtc/profiles`."""
+    return default_log_dir(environ).parent / "profiles"
 
 
 def save_svg(profile: Profile, what: str, folder: Path | None = None) -> Path:
