@@ -97,7 +97,7 @@ class Daemon:
         self._thread = threading.Thread(target=self._server.serve_forever, name="openrtc-server", daemon=True)
         self._thread.start()
         server_thread = self._thread
-        self.monitor.other_thread_wants_gil = self._server.wants_gil
+        self.monitor.add_starving(self._server.wants_gil)
         self.monitor.start(self._view.loop, lambda: [server_thread.ident] if server_thread.ident else [])
 
     def _on_wake(self) -> None:

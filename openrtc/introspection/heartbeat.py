@@ -1,6 +1,7 @@
 """The heartbeat: a loop timer every `HEARTBEAT_S`, whose lateness is the loop lag. A late heartbeat
 with no long step behind it is an overload (many short steps) or code outside any session, blamed on
-no session. While the socket server starves for the GIL, the heartbeat also lends it a few slices."""
+no session. While another introspection thread (the watchdog, the socket server) starves for the GIL,
+the heartbeat also lends it a few slices."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ HEARTBEAT_S = 0.05
 """Period of the loop's heartbeat timer."""
 HANDOVER_SLICE_S = 0.0005
 HANDOVER_MAX_S = 0.03
-"""At most this much loop time per heartbeat goes to letting a starved server thread run."""
+"""At most this much loop time per heartbeat goes to letting a starved thread of ours run."""
 OVERLOAD_LOG_EVERY_S = 5.0
 """A loop that stays overloaded is late at every heartbeat: log it at most this often (each late
 heartbeat is still a block in the snapshot)."""
@@ -52,8 +53,8 @@ class Heartbeat:
         """(perf_counter, lateness in ms) of each beat over the window."""
         self.outside: Capture | None = None
         """What the watchdog saw holding the loop outside any session since the last beat."""
-        self.other_thread_wants_gil: Callable[[], bool] | None = None
-        """Set by the daemon: true while the socket server has a request it could not finish."""
+        self.starving: list[Callable[[], bool]] = []
+        """One test per thread of ours that can starve for the GIL: true while it waits for it."""
         self.handovers = 0
         self._overload_log = Every(OVERLOAD_LOG_EVERY_S)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -89,18 +90,22 @@ class Heartbeat:
         self._beat_long_steps = clock.long_steps
         self.last_beat = now
         self.outside = None
-        if self.other_thread_wants_gil is not None and self.other_thread_wants_gil():
+        if self._someone_starves():
             self._hand_over_gil()
         if not self._stopped:
             self._schedule()
 
+    def _someone_starves(self) -> bool:
+        return any(starves() for starves in self.starving)
+
     def _hand_over_gil(self) -> None:
-        # Sleep in short slices: each releases the GIL for a whole slice, so the starved thread takes
-        # it and finishes its request; the loop pays at most HANDOVER_MAX_S per heartbeat, and only
-        # while someone is asking.
-        wants = self.other_thread_wants_gil
+        # A loop saturated with short steps releases the GIL for an instant at every `select` and
+        # takes it straight back: a waiting thread never times out into a drop request and can
+        # starve for seconds (a GIL convoy). Sleep in short slices: each releases the GIL for a whole
+        # slice, so the starved thread takes it and gets on; the loop pays at most HANDOVER_MAX_S
+        # per heartbeat, and only while someone starves.
         deadline = time.perf_counter() + HANDOVER_MAX_S
-        while wants is not None and wants() and time.perf_counter() < deadline:
+        while self._someone_starves() and time.perf_counter() < deadline:
             time.sleep(HANDOVER_SLICE_S)
         self.handovers += 1
 

@@ -68,6 +68,7 @@ class Monitor:
             self.heartbeat,
             self.record_error,
         )
+        self.add_starving(self.watchdog.starves)
 
     def start(self, loop: asyncio.AbstractEventLoop, other_threads: Callable[[], list[int]] = list) -> None:
         """Start on the loop's thread; `other_threads` names threads whose CPU counts as our cost."""
@@ -96,13 +97,10 @@ class Monitor:
 
     # -- what a snapshot reads --------------------------------------------------------------------
 
-    @property
-    def other_thread_wants_gil(self) -> Callable[[], bool] | None:
-        return self.heartbeat.other_thread_wants_gil
-
-    @other_thread_wants_gil.setter
-    def other_thread_wants_gil(self, wants: Callable[[], bool] | None) -> None:
-        self.heartbeat.other_thread_wants_gil = wants
+    def add_starving(self, starves: Callable[[], bool]) -> None:
+        """`starves` (called on the loop thread) is true while another thread waits for the GIL: the
+        heartbeat then lends it a few slices (see `Heartbeat._hand_over_gil`)."""
+        self.heartbeat.starving.append(starves)
 
     @property
     def sample_hz_target(self) -> float:

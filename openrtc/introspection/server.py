@@ -253,10 +253,9 @@ class Server:
     def wants_gil(self) -> bool:
         """True when the server has work it has not finished. Called from the loop thread.
 
-        A loop saturated with short steps releases the GIL for an instant at every `select` and takes
-        it straight back, so a thread waiting for the GIL can starve for seconds (a GIL convoy). Work
-        is pending when the server is mid-request or one of its sockets is readable (the kernel keeps
-        saying so until the server reads it).
+        A loop saturated with short steps can starve this thread for seconds (a GIL convoy: see
+        `Heartbeat._hand_over_gil`). Work is pending when the server is mid-request or one of its
+        sockets is readable (the kernel keeps saying so until the server reads it).
         """
         if self.busy:
             return True

@@ -40,6 +40,9 @@ log = logging.getLogger("openrtc.slow")
 
 MIN_GAP_S = 0.002
 """Shortest pause between two looks of the watchdog."""
+STARVED_S = 0.01
+"""The watchdog starves when it has waited this long past its wake-up for the GIL (twice the
+interpreter's switch interval: a drop request gets it the GIL sooner than that)."""
 
 
 @dataclass
@@ -112,6 +115,8 @@ class Watchdog:
         self.polls: collections.deque[float] = collections.deque(maxlen=int(WINDOW_S / MIN_GAP_S))
         """When it looked, over the window (its achieved rate)."""
         self._paused_log = Every(OVERLOAD_LOG_EVERY_S)
+        self._due = perf_counter()
+        """When the watchdog wants the GIL: the end of its wait, or the start of a look under way."""
         self._thread: threading.Thread | None = None
         self._wake = threading.Lock()
         """Held while the watchdog runs: its timed wait on it is its sleep, and `close` ends it."""
@@ -151,11 +156,11 @@ class Watchdog:
         next_tick = time.perf_counter() + TICK_S
         delay = MIN_GAP_S
         while not stopped(True, delay):
-            now = time.perf_counter()
+            now = self._due = time.perf_counter()
             try:
                 next_at = self._poll()
                 if now >= next_tick:
-                    self._windows.tick(now)
+                    self._windows.tick()
                     next_tick += TICK_S
                     if next_tick < now:
                         next_tick = now + TICK_S
@@ -165,7 +170,14 @@ class Watchdog:
                 log.exception("introspection watchdog failed")
                 next_at = perf_counter() + self.threshold_s
             self.polls.append(now)
-            delay = max(MIN_GAP_S, min(next_at, next_tick) - time.perf_counter())
+            done = time.perf_counter()
+            delay = max(MIN_GAP_S, min(next_at, next_tick) - done)
+            self._due = done + delay
+
+    def starves(self) -> bool:
+        """On the loop thread: the watchdog waits for the GIL, past its wake-up or in mid-look (its
+        windows' ticks and its looks slip meanwhile; the heartbeat then lends it the GIL)."""
+        return perf_counter() - self._due > STARVED_S
 
     def _poll(self) -> float:
         """Look at the loop once; returns when to look next (`perf_counter`)."""

@@ -59,15 +59,17 @@ class Windows:
         self.tick_times[:] = [now] * RING
         self.tick_cpu[:] = [cpu.user + cpu.system] * RING
 
-    def tick(self, now: float) -> None:
+    def tick(self) -> None:
         """On the watchdog thread."""
         i = self.tick_index = (self.tick_index + 1) % RING
-        self.tick_times[i] = now
+        self.tick_self_cpu[i] = time.thread_time() + sum(map(_thread_cpu_s, self._other_threads()))
+        sessions = self._sessions()
+        # The time and the counters are read together, with nothing between them that lets go of the
+        # GIL: a time read before a wait for the GIL (seconds, for a thread a saturated loop starves)
+        # would put the busy time of the wait outside the window and read every share low.
+        now = time.perf_counter()
         cpu = os.times()
         self.tick_cpu[i] = cpu.user + cpu.system
-        self.tick_self_cpu[i] = time.thread_time() + sum(map(_thread_cpu_s, self._other_threads()))
-        self.ticks += 1
-        sessions = self._sessions()
         for session in sessions:
             stats: SessionStats | None = session.stats
             if stats is None:
@@ -76,6 +78,8 @@ class Windows:
             if ring is None:
                 ring = stats.cpu_ring = [0.0] * RING
             ring[i] = stats.busy_s
+        self.tick_times[i] = now
+        self.ticks += 1
         if now - self._rss_at >= 1.0:
             self._rss_at = now
             self.rss_mb = self._read_rss_mb()

@@ -87,10 +87,13 @@ def test_cpu_pct_matches_truth_within_3_points(
             return snap, taken
 
     snap, taken = run_loop(main())
-    window = snap["worker"]["introspection"]["window_s"]
-    # Ticks slip when the watchdog waits for the GIL: uvloop's 0.1 ms steps on Python 3.13 once left a
-    # 3.7 s window in a full CI run. The truth below spans the same window, whatever its length.
-    assert 2.5 <= window <= 5.6, window
+    info = snap["worker"]["introspection"]
+    window = info["window_s"]
+    # Ticks come every 0.5 s, a heartbeat (50 ms) late at most when the loop starves the watchdog.
+    assert 4.5 <= window <= 5.7, window
+    # A saturated uvloop starved the watchdog for whole windows (a GIL convoy): 0 looks a second, one
+    # tick in six seconds, its time read long before its counters (shares 5 points low in CI).
+    assert info["sample_hz_achieved"] >= 4, info
     for row in snap["sessions"]:
         lo = taken - window
         truth_s = sum(
