@@ -111,6 +111,9 @@ WORKER_TWINS = (
     EnvTwin("kv_warn_gb", "OPENRTC_KV_WARN_GB", positive_float),
     EnvTwin("metrics_port", "OPENRTC_METRICS_PORT", port),
     EnvTwin("metrics_addr", "OPENRTC_METRICS_ADDR", str),
+    EnvTwin("nats", "OPENRTC_NATS_URL", str),
+    EnvTwin("max_deliver", "OPENRTC_MAX_DELIVER", positive_int),
+    EnvTwin("ack_wait", "OPENRTC_ACK_WAIT", positive_float),
 )
 STATS_TWINS = (EnvTwin("log_dir", "OPENRTC_LOG_DIR", _path),)
 

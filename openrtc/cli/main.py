@@ -150,6 +150,14 @@ def _plug_ins(args: argparse.Namespace) -> list[Any]:
         from openrtc.metrics import MetricsConfig, MetricsHook
 
         hooks.append(MetricsHook(MetricsConfig(args.metrics_port, args.metrics_addr)))
+    if args.nats:
+        from openrtc.fleet import FleetError
+        from openrtc.fleet.worker import FleetConfig, FleetHook
+
+        try:
+            hooks.append(FleetHook(FleetConfig(args.nats, args.ack_wait, args.max_deliver)))
+        except FleetError as exc:
+            raise ConfigError(f"--nats: {exc}") from None
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
         try:
             import opentelemetry.sdk  # noqa: F401  (the extra is there)
@@ -174,6 +182,13 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error(f"--metadata is not valid JSON: {exc}")
     if not isinstance(metadata, dict):
         parser.error('--metadata must be a JSON object, e.g. \'{"caller": "alice"}\'')
+    nats_url = args.nats or os.environ.get("OPENRTC_NATS_URL")
+    if args.wait and not nats_url:
+        parser.error("--wait needs --nats (or OPENRTC_NATS_URL)")
+    if nats_url:
+        if args.socket:
+            parser.error("--socket and --nats: choose one")
+        return _dispatch_fleet(args, nats_url, metadata)
     try:
         path = Path(args.socket) if args.socket else _pick_worker(find_workers(timeout=args.timeout))
         with WorkerClient(path, timeout=args.timeout) as client:
@@ -192,6 +207,30 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     for session_id in data["session_ids"]:
         print(session_id)
     return 0
+
+
+def _dispatch_fleet(args: argparse.Namespace, url: str, metadata: dict[str, Any]) -> int:
+    import asyncio
+
+    from openrtc.fleet.client import dispatch_many
+
+    try:
+        ids, ends = asyncio.run(
+            dispatch_many(url, args.agent, args.count, tenant=args.tenant, metadata=metadata, wait=args.wait)
+        )
+    except OpenRTCError as exc:
+        print(f"openrtc dispatch: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    if not args.wait:
+        for session_id in ids:
+            print(session_id)
+        return 0
+    for session_id in ids:
+        end = ends[session_id]
+        print(f"{session_id} {end.state}" + (f" {end.reason}" if end.reason else ""))
+    return 0 if all(ends[i].state == "ended" for i in ids) else 1
 
 
 def _pick_worker(workers: Sequence[Any]) -> Path:

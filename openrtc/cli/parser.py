@@ -10,6 +10,7 @@ from typing import Any
 from openrtc import __version__
 from openrtc.capacity.classes import DEFAULT_TEXT as DEFAULT_CLASSES
 from openrtc.cli.env import non_negative_float, port, positive_float, positive_int
+from openrtc.fleet.protocol import ACK_WAIT_S, MAX_DELIVER
 from openrtc.top.view import SORT_KEYS, STATES
 
 
@@ -163,6 +164,29 @@ def _worker_flags(parser: argparse.ArgumentParser) -> None:
         metavar="ADDR",
         help="the metrics address [OPENRTC_METRICS_ADDR] (default: 127.0.0.1, this machine only)",
     )
+    f = parser.add_argument_group("fleet (NATS JetStream)")
+    f.add_argument(
+        "--nats",
+        metavar="URL",
+        help="join the fleet at URL (nats://HOST:PORT): take session requests from its stream when "
+        "this worker has room [OPENRTC_NATS_URL] (default: no fleet)",
+    )
+    f.add_argument(
+        "--max-deliver",
+        type=positive_int,
+        default=MAX_DELIVER,
+        metavar="N",
+        help="deliveries of a request before it is reported lost [OPENRTC_MAX_DELIVER] "
+        f"(default: {MAX_DELIVER}; set by the first worker to create an agent's consumer)",
+    )
+    f.add_argument(
+        "--ack-wait",
+        type=positive_float,
+        default=ACK_WAIT_S,
+        metavar="SECONDS",
+        help="how long a silent worker keeps a request before another gets it [OPENRTC_ACK_WAIT] "
+        f"(default: {ACK_WAIT_S:g}; set like --max-deliver)",
+    )
 
 
 def build_parser(worker_defaults: dict[str, Any] | None = None) -> Parser:
@@ -204,6 +228,18 @@ def build_parser(worker_defaults: dict[str, Any] | None = None) -> Parser:
         "--count", type=positive_int, default=1, metavar="N", help="how many sessions (default: 1)"
     )
     dispatch.add_argument("--socket", metavar="PATH", help="the worker's socket (default: pick one)")
+    dispatch.add_argument(
+        "--nats",
+        metavar="URL",
+        help="dispatch to the fleet at URL instead (nats://HOST:PORT): the requests wait in its stream "
+        "for a worker with room [OPENRTC_NATS_URL]",
+    )
+    dispatch.add_argument(
+        "--wait",
+        action="store_true",
+        help="with --nats: wait until every session ends and print its end state (exit 1 when any "
+        "did not end well)",
+    )
     dispatch.add_argument(
         "--timeout",
         type=positive_float,

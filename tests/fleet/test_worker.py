@@ -1,0 +1,298 @@
+"""Workers in a fleet, for real: `openrtc start --nats` processes, a real `nats-server -js`, requests
+published with the dispatch client, and the lifecycle events read back from the events stream."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import signal
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+from openrtc.fleet.client import connect, ensure_fleet, publish
+from openrtc.fleet.protocol import EVENTS_STREAM, STREAM, Event, decode_event, subject
+from tests.cli.worker import Worker, run_cli
+from tests.fleet.server import NatsServer
+
+AGENTS = {
+    "sleeper": """
+        import asyncio
+        from openrtc import Agent, Session
+
+        class Sleeper(Agent):
+            name = "sleeper"
+
+            async def run(self, session: Session) -> None:
+                await asyncio.sleep(float(session.metadata.get("seconds", 0.2)))
+                if session.metadata.get("fail"):
+                    raise RuntimeError("asked to fail")
+    """,
+}
+
+
+def write_agents(folder: Path, *names: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / f"{name}.py").write_text(textwrap.dedent(AGENTS[name]))
+    return folder
+
+
+async def read_events(url: str) -> list[Event]:
+    """Every lifecycle event in the events stream, in stream order."""
+    nc = await connect(url)
+    try:
+        js = nc.jetstream()
+        info = await js.stream_info(EVENTS_STREAM)
+        out = []
+        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            out.append(decode_event((await js.get_msg(EVENTS_STREAM, seq)).data))
+        return out
+    finally:
+        await nc.close()
+
+
+async def dispatch_many(url: str, agent: str, count: int, **metadata: Any) -> list[str]:
+    nc = await connect(url)
+    try:
+        js = nc.jetstream()
+        await ensure_fleet(js)
+        ids = []
+        for _ in range(count):
+            ids.append((await publish(js, agent, metadata=dict(metadata))).session_id)
+        return ids
+    finally:
+        await nc.close()
+
+
+def wait_for_ends(url: str, ids: list[str], timeout: float = 60.0) -> list[Event]:
+    deadline = time.monotonic() + timeout
+    while True:
+        events = asyncio.run(read_events(url))
+        ended = {e.session_id for e in events if e.final}
+        if ended >= set(ids) or time.monotonic() > deadline:
+            return events
+        time.sleep(0.3)
+
+
+def fleet_worker(agents: Path, home: Path, url: str, *flags: str) -> Worker:
+    return Worker("start", agents, home, "--nats", url, *flags).ready()
+
+
+def max_concurrent(events: list[Event], worker_id: str) -> int:
+    """The most sessions `worker_id` ran at once, by the events' times (taken on the worker's loop)."""
+    changes = sorted(
+        (e.at, 1 if e.state == "running" else -1)
+        for e in events
+        if e.worker_id == worker_id and (e.state == "running" or e.final or e.state == "requeued")
+    )
+    running, peak = 0, 0
+    for _, change in changes:
+        running += change
+        peak = max(peak, running)
+    return peak
+
+
+def test_a_worker_runs_what_is_dispatched_within_its_cap(
+    nats_server: NatsServer, tmp_path: Path, sock_home: Path, workers: list[Worker]
+) -> None:
+    agents = write_agents(tmp_path / "agents", "sleeper")
+    worker = fleet_worker(agents, sock_home, nats_server.url, "--max-sessions", "4")
+    workers.append(worker)
+    worker.wait_for_log("fleet: joined")
+    ids = asyncio.run(dispatch_many(nats_server.url, "sleeper", 30, seconds=0.1))
+    failing = asyncio.run(dispatch_many(nats_server.url, "sleeper", 1, fail=True))
+    events = wait_for_ends(nats_server.url, ids + failing)
+
+    finals = collections.Counter(e.session_id for e in events if e.final)
+    assert set(finals) == set(ids + failing) and set(finals.values()) == {1}
+    states = {e.session_id: e.state for e in events if e.final}
+    assert {states[i] for i in ids} == {"ended"} and states[failing[0]] == "failed"
+    (worker_id,) = {e.worker_id for e in events}
+    assert max_concurrent(events, worker_id) <= 4
+    assert not [r for r in worker.records() if "refused here" in r.get("message", "")]
+    # Work-queue retention: every request acked is gone from the stream.
+    assert worker.stop() == 0
+    assert asyncio.run(stream_messages(nats_server.url)) == 0
+
+
+async def stream_messages(url: str) -> int:
+    nc = await connect(url)
+    try:
+        return int((await nc.jetstream().stream_info(STREAM)).state.messages)
+    finally:
+        await nc.close()
+
+
+def test_a_bad_request_is_terminated_with_its_reason_logged(
+    nats_server: NatsServer, tmp_path: Path, sock_home: Path, workers: list[Worker]
+) -> None:
+    agents = write_agents(tmp_path / "agents", "sleeper")
+    worker = fleet_worker(agents, sock_home, nats_server.url)
+    workers.append(worker)
+    worker.wait_for_log("fleet: joined")
+
+    async def publish_bad() -> None:
+        nc = await connect(nats_server.url)
+        try:
+            js = nc.jetstream()
+            await js.publish(subject("sleeper"), b"{not json", stream=STREAM)
+            body = json.dumps({"session_id": "x1", "agent": "other"}).encode()
+            await js.publish(subject("sleeper"), body, stream=STREAM)
+        finally:
+            await nc.close()
+
+    asyncio.run(publish_bad())
+    worker.wait_for_log("request terminated", count=2)
+    messages = [r["message"] for r in worker.records() if "request terminated" in r.get("message", "")]
+    assert any("not JSON" in m for m in messages) and any("'other'" in m for m in messages)
+    assert asyncio.run(stream_messages(nats_server.url)) == 0  # terminated: gone, not redelivered
+
+
+def test_drain_hands_the_running_sessions_over(
+    nats_server: NatsServer, tmp_path: Path, sock_home: Path, workers: list[Worker]
+) -> None:
+    agents = write_agents(tmp_path / "agents", "sleeper")
+    first = fleet_worker(agents, sock_home, nats_server.url, "--max-sessions", "3", "--drain-timeout", "0.5")
+    workers.append(first)
+    first.wait_for_log("fleet: joined")
+    ids = asyncio.run(dispatch_many(nats_server.url, "sleeper", 3, seconds=3.0))
+    first.wait_for_log("session started", count=3)
+    assert first.stop(signal.SIGTERM) == 0
+    second = fleet_worker(agents, sock_home, nats_server.url, "--max-sessions", "3")
+    workers.append(second)
+    events = wait_for_ends(nats_server.url, ids)
+    requeued = [e for e in events if e.state == "requeued"]
+    assert {e.session_id for e in requeued} == set(ids)
+    assert {e.reason for e in requeued} == {"drain_timeout"}
+    finals = [e for e in events if e.final]
+    assert sorted(e.session_id for e in finals) == sorted(ids)
+    assert {(e.state, e.attempt) for e in finals} == {("ended", 2)}
+    assert {e.worker_id for e in finals}.isdisjoint({e.worker_id for e in requeued})
+
+
+def test_a_killed_workers_sessions_finish_elsewhere_and_none_twice(
+    nats_server: NatsServer, tmp_path: Path, sock_home: Path, workers: list[Worker]
+) -> None:
+    """1,000 sessions on three workers; one is killed with `kill -9` mid-run. Every session id reaches
+    exactly one final end state: the killed worker's running ones are delivered again (after the ack
+    wait) and finish on the others."""
+    agents = write_agents(tmp_path / "agents", "sleeper")
+    flags = ("--max-sessions", "40", "--ack-wait", "2")
+    fleet = [fleet_worker(agents, sock_home, nats_server.url, *flags) for _ in range(3)]
+    workers.extend(fleet)
+    for worker in fleet:
+        worker.wait_for_log("fleet: joined")
+    ids = asyncio.run(dispatch_many(nats_server.url, "sleeper", 1000, seconds=0.3))
+    victim = fleet[1]
+    victim.wait_for_log("session started", count=60)
+    victim.kill()
+    events = wait_for_ends(nats_server.url, ids, timeout=120)
+
+    finals = collections.Counter(e.session_id for e in events if e.final)
+    assert set(finals) == set(ids), f"{len(set(ids) - set(finals))} sessions never ended"
+    assert set(finals.values()) == {1}, [i for i, n in finals.items() if n > 1][:10]
+    assert {e.state for e in events if e.final} == {"ended"}
+    joined = victim.wait_for_log("fleet: joined")[0]["message"]
+    victim_id = joined.split(" as worker ")[1].split()[0]
+    assert any(e.worker_id == victim_id and e.state == "running" for e in events)
+    redelivered = [e for e in events if e.final and e.attempt > 1]
+    assert redelivered, "the killed worker had sessions running: they must have been delivered again"
+    assert all(e.worker_id != victim_id for e in redelivered)
+    for worker in (fleet[0], fleet[2]):
+        assert worker.stop() == 0
+
+
+AGENTS["talker"] = """
+    import asyncio
+    from openrtc import Agent, Session
+
+    class Talker(Agent):
+        name = "talker"
+
+        async def run(self, session: Session) -> None:
+            await asyncio.sleep(0.05)
+"""
+
+
+def test_dispatch_wait_prints_each_end_state(
+    nats_server: NatsServer, tmp_path: Path, sock_home: Path, workers: list[Worker]
+) -> None:
+    agents = write_agents(tmp_path / "agents", "sleeper")
+    worker = fleet_worker(agents, sock_home, nats_server.url)
+    workers.append(worker)
+    worker.wait_for_log("fleet: joined")
+    url = nats_server.url
+    ok = run_cli(
+        "dispatch", "sleeper", "--nats", url, "--count", "3", "--wait", "--metadata", '{"seconds": 0.1}'
+    )
+    assert ok.returncode == 0, ok.stderr
+    lines = ok.stdout.split("\n")[:-1]
+    assert len(lines) == 3 and all(line.endswith(" ended") for line in lines)
+    bad = run_cli("dispatch", "sleeper", "--nats", url, "--wait", "--metadata", '{"fail": true}')
+    assert bad.returncode == 1 and bad.stdout.endswith(" failed exception\n"), (bad.stdout, bad.stderr)
+    plain = run_cli("dispatch", "sleeper", "--nats", url)
+    assert plain.returncode == 0 and len(plain.stdout.split()) == 1
+    usage = run_cli("dispatch", "sleeper", "--wait")
+    assert usage.returncode == 2 and "--wait needs --nats" in usage.stderr
+    nobody = run_cli("dispatch", "sleeper", "--nats", "nats://127.0.0.1:9")
+    assert nobody.returncode == 1 and "no NATS server answers" in nobody.stderr
+
+
+def test_an_agent_goes_only_to_the_workers_that_have_it(
+    nats_server: NatsServer, tmp_path: Path, sock_home: Path, workers: list[Worker]
+) -> None:
+    both = write_agents(tmp_path / "both", "sleeper", "talker")
+    one = write_agents(tmp_path / "one", "sleeper")
+    a = fleet_worker(both, sock_home, nats_server.url, "--max-sessions", "5")
+    b = fleet_worker(one, sock_home, nats_server.url, "--max-sessions", "5")
+    workers.extend([a, b])
+    a_id = a.wait_for_log("fleet: joined")[0]["message"].split(" as worker ")[1].split()[0]
+    b.wait_for_log("fleet: joined")
+    talks = asyncio.run(dispatch_many(nats_server.url, "talker", 20))
+    sleeps = asyncio.run(dispatch_many(nats_server.url, "sleeper", 20, seconds=0.1))
+    events = wait_for_ends(nats_server.url, talks + sleeps)
+    finals = {e.session_id: e for e in events if e.final}
+    assert {finals[i].worker_id for i in talks} == {a_id}
+    assert len({finals[i].worker_id for i in sleeps}) == 2  # both took sleepers
+
+
+def test_caps_hold_under_a_burst(
+    nats_server: NatsServer, tmp_path: Path, sock_home: Path, workers: list[Worker]
+) -> None:
+    agents = write_agents(tmp_path / "agents", "sleeper")
+    caps = (2, 5, 9)
+    fleet = [fleet_worker(agents, sock_home, nats_server.url, "--max-sessions", str(c)) for c in caps]
+    workers.extend(fleet)
+    ids_of = [w.wait_for_log("fleet: joined")[0]["message"].split(" as worker ")[1].split()[0] for w in fleet]
+    ids = asyncio.run(dispatch_many(nats_server.url, "sleeper", 300, seconds=0.05))
+    events = wait_for_ends(nats_server.url, ids)
+    assert len({e.session_id for e in events if e.final}) == 300
+    for worker, worker_id, cap in zip(fleet, ids_of, caps, strict=True):
+        assert max_concurrent(events, worker_id) <= cap, (worker_id, cap)
+        assert not [r for r in worker.records() if "refused here" in r.get("message", "")]
+
+
+def test_a_nats_restart_loses_nothing(
+    nats_server: NatsServer, tmp_path: Path, sock_home: Path, workers: list[Worker]
+) -> None:
+    """Sessions running while the server restarts end once, and requests sent after it are taken."""
+    agents = write_agents(tmp_path / "agents", "sleeper")
+    worker = fleet_worker(agents, sock_home, nats_server.url, "--max-sessions", "20")
+    workers.append(worker)
+    worker.wait_for_log("fleet: joined")
+    before = asyncio.run(dispatch_many(nats_server.url, "sleeper", 10, seconds=2.0))
+    worker.wait_for_log("session started", count=10)
+    port = nats_server.port
+    nats_server.stop()
+    worker.wait_for_log("disconnected from NATS")
+    nats_server.start(port=port)
+    worker.wait_for_log("reconnected to NATS")
+    after = asyncio.run(dispatch_many(nats_server.url, "sleeper", 10, seconds=0.1))
+    events = wait_for_ends(nats_server.url, before + after)
+    finals = collections.Counter(e.session_id for e in events if e.final)
+    assert set(finals) == set(before + after) and set(finals.values()) == {1}
+    assert {e.attempt for e in events if e.final} == {1}  # nothing ran twice
+    assert worker.proc.poll() is None
