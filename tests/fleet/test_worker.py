@@ -12,6 +12,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import nats.errors
+import pytest
+
 from openrtc.fleet.client import connect, ensure_fleet, publish
 from openrtc.fleet.protocol import EVENTS_STREAM, STREAM, Event, decode_event, subject
 from tests.cli.worker import Worker, run_cli
@@ -78,7 +81,8 @@ def wait_for_ends(url: str, ids: list[str], timeout: float = 60.0) -> list[Event
 
 
 def fleet_worker(agents: Path, home: Path, url: str, *flags: str) -> Worker:
-    return Worker("start", agents, home, "--nats", url, *flags).ready()
+    logs = home / f"logs-{time.monotonic_ns()}"
+    return Worker("start", agents, home, "--nats", url, "--log-dir", str(logs), *flags).ready()
 
 
 def max_concurrent(events: list[Event], worker_id: str) -> int:
@@ -296,3 +300,53 @@ def test_a_nats_restart_loses_nothing(
     assert set(finals) == set(before + after) and set(finals.values()) == {1}
     assert {e.attempt for e in events if e.final} == {1}  # nothing ran twice
     assert worker.proc.poll() is None
+
+
+def test_a_request_past_max_deliver_is_reported_lost(
+    nats_server: NatsServer, tmp_path: Path, sock_home: Path, workers: list[Worker]
+) -> None:
+    """A request every taker drops (here a client that fetches and never acks, as a worker that keeps
+    dying would) is reported by a live worker once the server gives up on it."""
+    from nats.js.api import AckPolicy, ConsumerConfig
+
+    from openrtc.fleet.protocol import durable
+
+    agents = write_agents(tmp_path / "agents", "talker")
+    worker = fleet_worker(agents, sock_home, nats_server.url)
+    workers.append(worker)
+    worker.wait_for_log("fleet: joined")
+
+    async def drop_twice() -> str:
+        nc = await connect(nats_server.url)
+        try:
+            js = nc.jetstream()
+            config = ConsumerConfig(
+                durable_name=durable("sleeper"),
+                filter_subject=subject("sleeper"),
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=1.0,
+                max_deliver=2,
+            )
+            await js.add_consumer(STREAM, config)
+            session_id = (await publish(js, "sleeper")).session_id
+            sub = await js.pull_subscribe_bind(durable("sleeper"), STREAM)
+            for attempt in (1, 2):
+                (msg,) = await sub.fetch(1, timeout=5)
+                assert msg.metadata.num_delivered == attempt
+            # The server gives up when it would deliver a third time, which a pull request asks for.
+            with pytest.raises(nats.errors.TimeoutError):
+                await sub.fetch(1, timeout=2.5)
+            return session_id
+        finally:
+            await nc.close()
+
+    session_id = asyncio.run(drop_twice())
+    (record,) = worker.wait_for_log("lost (max_deliver)")
+    assert session_id in record["message"] and record["level"] == "error"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        lost = [e for e in asyncio.run(read_events(nats_server.url)) if e.state == "lost"]
+        if lost:
+            break
+        time.sleep(0.2)
+    assert [(e.session_id, e.reason) for e in lost] == [(session_id, "max_deliver")]
