@@ -95,6 +95,7 @@ def _run_worker(parser: argparse.ArgumentParser, args: argparse.Namespace, reloa
             record_content=args.record_content,
             retention=Retention.parse(args.log_retain),
         )
+        fleet = _fleet_hook(args)
         pool = AgentPool(
             isolation=args.isolation,
             enable_introspection=not args.no_introspection,
@@ -107,8 +108,10 @@ def _run_worker(parser: argparse.ArgumentParser, args: argparse.Namespace, reloa
             drain_timeout_s=args.drain_timeout,
             socket_path=args.socket,
             usage=usage,
-            hooks=_plug_ins(args),
+            hooks=[*_plug_ins(args), *([fleet] if fleet is not None else [])],
         )
+        if fleet is not None and pool.introspection is not None:
+            fleet.snapshot = pool.introspection.snapshot  # the fleet view shows what the socket shows
         factory = loop_factory(args.loop)
         found = pool.discover(args.agents_dir)
     except ConfigError as exc:
@@ -137,6 +140,19 @@ def _run_worker(parser: argparse.ArgumentParser, args: argparse.Namespace, reloa
     return 0
 
 
+def _fleet_hook(args: argparse.Namespace) -> Any:
+    """The fleet's hook with `--nats`, else None."""
+    if not args.nats:
+        return None
+    from openrtc.fleet import FleetError
+    from openrtc.fleet.worker import FleetConfig, FleetHook
+
+    try:
+        return FleetHook(FleetConfig(args.nats, args.ack_wait, args.max_deliver))
+    except FleetError as exc:
+        raise ConfigError(f"--nats: {exc}") from None
+
+
 def _plug_ins(args: argparse.Namespace) -> list[Any]:
     """The hooks the flags ask for, each from its own package."""
     from openrtc.capacity import CapacityConfig, CapacityHook, Classes
@@ -150,14 +166,6 @@ def _plug_ins(args: argparse.Namespace) -> list[Any]:
         from openrtc.metrics import MetricsConfig, MetricsHook
 
         hooks.append(MetricsHook(MetricsConfig(args.metrics_port, args.metrics_addr)))
-    if args.nats:
-        from openrtc.fleet import FleetError
-        from openrtc.fleet.worker import FleetConfig, FleetHook
-
-        try:
-            hooks.append(FleetHook(FleetConfig(args.nats, args.ack_wait, args.max_deliver)))
-        except FleetError as exc:
-            raise ConfigError(f"--nats: {exc}") from None
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
         try:
             import opentelemetry.sdk  # noqa: F401  (the extra is there)
@@ -258,6 +266,15 @@ def _top(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.session and not args.once:
         parser.error("--session needs --once (in the live view, press enter on a row)")
     filters = Filters(agent=args.agent, tenant=args.tenant, status=args.status, token_class=args.token_class)
+    if args.nats:
+        if not args.once:
+            parser.error("--nats needs --once (the live view of a fleet is not built yet)")
+        if args.socket:
+            parser.error("--socket and --nats: choose one")
+        from openrtc.top.once import run_once_fleet
+
+        color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+        return run_once_fleet(args.nats, args.json, filters, args.sort, color=color, session=args.session)
     if args.once:
         color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
         return run_once(args.socket, args.json, filters, args.sort, color=color, session=args.session)

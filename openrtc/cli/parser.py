@@ -272,6 +272,12 @@ def build_parser(worker_defaults: dict[str, Any] | None = None) -> Parser:
     )
     top.add_argument("--json", action="store_true", help="with --once: print the snapshot schema as JSON")
     top.add_argument("--socket", type=Path, metavar="PATH", help="one worker's socket (default: all workers)")
+    top.add_argument(
+        "--nats",
+        metavar="URL",
+        help="with --once: every worker of the fleet at URL (nats://HOST:PORT), from its view bucket, "
+        "instead of this machine's sockets",
+    )
     top.add_argument("--sort", choices=SORT_KEYS, default="cpu", help="sort sessions by (default: cpu)")
     top.add_argument("--agent", help="only sessions of this agent")
     top.add_argument("--tenant", help="only sessions of this tenant")

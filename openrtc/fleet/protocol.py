@@ -7,6 +7,9 @@ Pure (no client here).
 - One durable pull consumer per agent, `openrtc-<agent>`, shared by every worker that has the agent.
 - Lifecycle events: `openrtc.events.<agent>.<state>` (`Event`), kept by the stream `OPENRTC_EVENTS`
   (limits retention) so that a reader that was away can still read them.
+- The key-value bucket `openrtc_workers`: key = worker id, value = its snapshot (`encode_view`), put
+  every second, gone `WORKERS_TTL_S` after the last put (a worker that stops cleanly deletes its key).
+- Control requests to one worker: `openrtc.control.<worker id>` (`{"op": "cancel", "session_id"}`).
 - The key-value bucket `openrtc_done`: key = session id, value = its final event, written with
   "create" (refused when the key exists) before the event is published and the request acked. The
   worker that creates the key owns the session's one final end state; a redelivered copy whose key
@@ -19,6 +22,7 @@ import json
 import re
 import secrets
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +41,14 @@ long (a redelivery of a request whose worker died between recording its end and 
 DONE_BUCKET = "openrtc_done"
 DONE_TTL_S = 3600.0
 """How long a session's end is remembered against redelivery (far longer than max_deliver x ack_wait)."""
+WORKERS_BUCKET = "openrtc_workers"
+WORKERS_TTL_S = 10.0
+VIEW_EVERY_S = 1.0
+STALE_AFTER_S = 3.0
+"""A worker whose last snapshot is this much older than the fleet's newest is shown stale."""
+CONTROL_PREFIX = "openrtc.control."
+MAX_VIEW_BYTES = 800 << 10
+"""A snapshot in the bucket stays under NATS's default 1 MB message, compressed."""
 ACK_WAIT_S = 30.0
 MAX_DELIVER = 5
 FINAL_STATES = frozenset({"ended", "failed", "cancelled"})
@@ -211,3 +223,31 @@ def decode_event(body: bytes) -> Event:
     except (ValueError, UnicodeDecodeError, KeyError, TypeError) as exc:
         raise FleetError(f"not a lifecycle event: {type(exc).__name__}: {exc}") from None
     return event
+
+
+def encode_view(doc: dict[str, Any]) -> bytes:
+    """A worker's snapshot for the fleet view: JSON, zlib-compressed, the blocks' stacks left out (the
+    worker's own socket has them). Sessions past what fits are left out too, counted in
+    `fleet_sessions_left_out`."""
+    doc = dict(doc)
+    doc["blocks"] = [{**b, "stack": []} for b in doc.get("blocks", [])]
+    body = zlib.compress(json.dumps(doc, separators=(",", ":")).encode(), 6)
+    sessions = list(doc.get("sessions", []))
+    while len(body) > MAX_VIEW_BYTES and sessions:
+        keep = len(sessions) * MAX_VIEW_BYTES // len(body) * 9 // 10
+        doc["fleet_sessions_left_out"] = doc.get("fleet_sessions_left_out", 0) + len(sessions) - keep
+        sessions = sessions[:keep]
+        doc["sessions"] = sessions
+        body = zlib.compress(json.dumps(doc, separators=(",", ":")).encode(), 6)
+    return body
+
+
+def decode_view(body: bytes) -> dict[str, Any]:
+    """A snapshot from the bucket; `FleetError` when the value is not one."""
+    try:
+        doc = json.loads(zlib.decompress(body))
+    except (zlib.error, ValueError, UnicodeDecodeError) as exc:
+        raise FleetError(f"not a worker snapshot: {exc}") from None
+    if not isinstance(doc, dict):
+        raise FleetError("not a worker snapshot: not a JSON object")
+    return doc

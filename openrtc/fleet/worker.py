@@ -44,15 +44,20 @@ from typing import TYPE_CHECKING, Any
 from openrtc.errors import SessionRefused, UnknownAgentError
 from openrtc.fleet.protocol import (
     ACK_WAIT_S,
+    CONTROL_PREFIX,
     EVENTS_PREFIX,
     EVENTS_STREAM,
     MAX_DELIVER,
     STREAM,
+    VIEW_EVERY_S,
+    WORKERS_BUCKET,
+    WORKERS_TTL_S,
     Event,
     FleetError,
     decode_event,
     decode_request,
     durable,
+    encode_view,
     event_subject,
     subject,
 )
@@ -120,12 +125,15 @@ class _Lease:
 class FleetHook(Hook):
     """Joins the worker to a fleet (see the module)."""
 
-    def __init__(self, config: FleetConfig) -> None:
+    def __init__(self, config: FleetConfig, snapshot: Callable[[], dict[str, Any]] | None = None) -> None:
         try:
             import nats  # noqa: F401
         except ImportError:  # pragma: no cover - the fleet extra
             raise FleetError("the fleet needs nats-py: pip install 'openrtc[fleet]'") from None
         self.config = config
+        self.snapshot = snapshot
+        """The worker's snapshot (introspection's, callable from any thread), put into the fleet view
+        every second; None: the worker is not in the view."""
         self._view: PoolView | None = None
         self._control: PoolControl | None = None
         self._worker_id = ""
@@ -143,6 +151,7 @@ class FleetHook(Hook):
         self._nc: Any = None
         self._js: Any = None
         self._done: Any = None
+        self._bucket: Any = None
         self._closing: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         """Requests being taken, sessions' ends being recorded: what the close waits for."""
@@ -218,6 +227,8 @@ class FleetHook(Hook):
             asyncio.create_task(self._fetch_loop(agent), name=f"fetch-{agent}") for agent in self._agents
         ]
         tasks.append(asyncio.create_task(self._progress_loop(), name="progress"))
+        if self.snapshot is not None:
+            tasks.append(asyncio.create_task(self._view_loop(), name="view"))
         await self._stop.wait()
         for task in tasks:
             task.cancel()
@@ -252,6 +263,7 @@ class FleetHook(Hook):
                 for agent in self._agents:
                     await self._ensure_consumer(agent)
                 await self._nc.subscribe(EVENTS_PREFIX + "*.running", cb=self._on_running_event)
+                await self._nc.subscribe(CONTROL_PREFIX + self._worker_id, cb=self._on_control)
                 await self._nc.subscribe(
                     ADVISORY_MAX_DELIVER, queue="openrtc-advisories", cb=self._on_max_deliver
                 )
@@ -628,6 +640,45 @@ class FleetHook(Hook):
             )
             await self._js.publish(event_subject(agent, "lost"), event.encode())
 
+    # -- the fleet view and control ----------------------------------------------------------------
+
+    async def _view_loop(self) -> None:
+        from nats.js.api import KeyValueConfig
+        from nats.js.errors import BucketNotFoundError
+
+        assert self.snapshot is not None
+        bucket = None
+        while True:
+            try:
+                if bucket is None:
+                    try:
+                        bucket = await self._js.key_value(WORKERS_BUCKET)
+                    except BucketNotFoundError:
+                        config = KeyValueConfig(bucket=WORKERS_BUCKET, ttl=WORKERS_TTL_S)
+                        bucket = await self._js.create_key_value(config)
+                self._bucket = bucket
+                # The snapshot is built on this thread, as the socket server builds it on its own.
+                body = encode_view(self.snapshot())
+                await bucket.put(self._worker_id, body)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("fleet: view not put: %s", _describe(exc))
+            await asyncio.sleep(VIEW_EVERY_S)
+
+    async def _on_control(self, msg: Any) -> None:
+        assert self._control is not None
+        try:
+            request = json.loads(msg.data)
+            if request.get("op") != "cancel" or not isinstance(request.get("session_id"), str):
+                raise ValueError('expected {"op": "cancel", "session_id": ...}')
+            done = await asyncio.wrap_future(self._control.cancel(request["session_id"], "cancelled_by_user"))
+            reply: dict[str, Any] = {"ok": True, "cancelled": done}
+        except (ValueError, TypeError, AttributeError) as exc:
+            reply = {"ok": False, "error": str(exc)}
+        if msg.reply:
+            await msg.respond(json.dumps(reply).encode())
+
     # -- stopping --------------------------------------------------------------------------------
 
     def _stop_fetching(self) -> None:
@@ -651,6 +702,9 @@ class FleetHook(Hook):
                     "after the ack wait, and run again unless their end reached the bucket",
                     len(self._leases),
                 )
+            if self._bucket is not None:  # out of the fleet view now, not at the bucket's expiry
+                with contextlib.suppress(Exception):
+                    await self._bucket.delete(self._worker_id)
             assert self._stop is not None
             self._stop.set()
 

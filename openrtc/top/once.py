@@ -11,7 +11,7 @@ from openrtc.introspection.client import WorkerClient, find_workers
 from openrtc.introspection.ledger import dead_workers
 from openrtc.introspection.paths import socket_dir
 from openrtc.introspection.schema import Snapshot, from_dict, to_dict
-from openrtc.top.view import Filters, render_detail, render_text
+from openrtc.top.view import Filters, render_detail, render_text, worker_line
 
 
 def fetch_snapshots(socket: Path | None, timeout: float = 5.0) -> list[Snapshot]:
@@ -46,6 +46,66 @@ def run_once(
         print(json.dumps(docs[0] if len(docs) == 1 else docs, indent=2))
     else:
         sys.stdout.write(render_text(snapshots, filters, sort, color))
+    return 0
+
+
+def run_once_fleet(
+    url: str,
+    as_json: bool,
+    filters: Filters,
+    sort: str,
+    color: bool = False,
+    session: str | None = None,
+) -> int:
+    """`top --once --nats URL`: every worker of the fleet, from its view bucket. A worker whose snapshot
+    is behind the fleet's newest by more than a few seconds is marked stale and its sessions not
+    listed (it is stopping, stuck, or dead: its key expires 10 s after its last put)."""
+    import asyncio
+
+    from openrtc.fleet.client import connect
+    from openrtc.fleet.view import FleetWorker, read_fleet
+
+    async def read() -> list[FleetWorker]:
+        nc = await connect(url, name="openrtc-top")
+        try:
+            return await read_fleet(nc)
+        finally:
+            await nc.close()
+
+    try:
+        workers = asyncio.run(read())
+    except OpenRTCError as exc:
+        print(f"openrtc top: {exc}", file=sys.stderr)
+        return 1
+    read_ok: list[tuple[FleetWorker, Snapshot]] = []
+    for worker in workers:
+        try:
+            read_ok.append((worker, from_dict(worker.doc)))
+        except OpenRTCError as exc:
+            print(f"openrtc top: worker {worker.worker_id}: {exc}", file=sys.stderr)
+    if not read_ok:
+        print(f"openrtc top: no worker in the fleet at {url}", file=sys.stderr)
+        return 1
+    if session is not None:
+        return _print_session([s for w, s in read_ok if not w.stale], session, as_json)
+    if as_json:
+        docs = []
+        for worker, snapshot in read_ok:
+            doc = _filtered(to_dict(snapshot), filters)
+            doc["fleet"] = {"worker_id": worker.worker_id, "stale": worker.stale, "behind_s": worker.behind_s}
+            docs.append(doc)
+        print(json.dumps(docs, indent=2))
+        return 0
+    parts = []
+    for worker, snapshot in read_ok:
+        if worker.stale:
+            parts.append(
+                f"STALE {worker_line(snapshot)}\n  (its last update is {worker.behind_s:.0f} s behind the "
+                "fleet's: stopping, stuck or dead; its sessions are not listed)\n"
+            )
+        else:
+            parts.append(render_text([snapshot], filters, sort, color))
+    sys.stdout.write("\n".join(parts))
     return 0
 
 

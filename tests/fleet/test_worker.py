@@ -350,3 +350,77 @@ def test_a_request_past_max_deliver_is_reported_lost(
             break
         time.sleep(0.2)
     assert [(e.session_id, e.reason) for e in lost] == [(session_id, "max_deliver")]
+
+
+def test_top_once_nats_lists_every_worker_and_marks_a_dead_one_stale(
+    nats_server: NatsServer, tmp_path: Path, sock_home: Path, workers: list[Worker]
+) -> None:
+    from openrtc.fleet.view import cancel_session, read_fleet
+
+    agents = write_agents(tmp_path / "agents", "sleeper")
+    fleet = [fleet_worker(agents, sock_home, nats_server.url, "--max-sessions", "2") for _ in range(3)]
+    workers.extend(fleet)
+    for worker in fleet:
+        worker.wait_for_log("fleet: joined")
+    ids = asyncio.run(dispatch_many(nats_server.url, "sleeper", 6, seconds=30))
+    pids = {w.proc.pid for w in fleet}
+
+    def once(*flags: str) -> Any:
+        deadline = time.monotonic() + 15
+        while True:
+            done = run_cli("top", "--once", "--nats", nats_server.url, *flags)
+            if done.returncode == 0:
+                docs = json.loads(done.stdout) if "--json" in flags else done.stdout
+                if (
+                    "--json" not in flags
+                    or sum(len(d["sessions"]) for d in docs) == 6
+                    or time.monotonic() > deadline
+                ):
+                    return docs
+            elif time.monotonic() > deadline:
+                raise AssertionError(done.stderr)
+            time.sleep(0.3)
+
+    docs = once("--json")
+    assert {d["worker"]["pid"] for d in docs} == pids
+    assert sorted(r["session_id"] for d in docs for r in d["sessions"]) == sorted(ids)
+    assert all(d["fleet"]["stale"] is False for d in docs)
+    text = once()
+    assert all(f":{pid}  up " in text for pid in pids) and "STALE" not in text
+
+    # Cancel one session from outside its host, through its worker's control subject.
+    doc = docs[0]
+    target = doc["sessions"][0]["session_id"]
+
+    async def cancel() -> list[bool]:
+        nc = await connect(nats_server.url)
+        try:
+            return [
+                await cancel_session(nc, doc["fleet"]["worker_id"], target),
+                await cancel_session(nc, doc["fleet"]["worker_id"], "nosuchsession"),
+            ]
+        finally:
+            await nc.close()
+
+    assert asyncio.run(cancel()) == [True, False]
+    events = wait_for_ends(nats_server.url, [target])
+    assert [(e.state, e.reason) for e in events if e.final] == [("cancelled", "cancelled_by_user")]
+
+    victim = next(w for w in fleet if w.proc.pid == docs[1]["worker"]["pid"])
+    victim.kill()
+
+    async def stale_one() -> list[Any]:
+        nc = await connect(nats_server.url)
+        try:
+            return await read_fleet(nc)
+        finally:
+            await nc.close()
+
+    deadline = time.monotonic() + 9  # before the bucket's 10 s expiry
+    while time.monotonic() < deadline:
+        seen = asyncio.run(stale_one())
+        if any(w.stale for w in seen):
+            break
+        time.sleep(0.3)
+    assert [w.doc["worker"]["pid"] for w in seen if w.stale] == [victim.proc.pid]
+    assert "STALE worker " in once()
