@@ -367,13 +367,25 @@ class FleetHook(Hook):
                     self._claimed -= want
                     await asyncio.sleep(RETRY_S)
                     continue
+            # A fetch also returns what came in after an earlier one timed out (nats-py keeps it for
+            # the next): more than asked for. What is past this worker's room goes straight back.
+            extra = got[want:]
+            got = got[:want]
             self._claimed -= want - len(got)
             idle = not got
             for msg in got:
                 self._spawn(self._take(agent, msg))
+            for msg in extra:
+                self._spawn(self._give_back(msg))
         if sub is not None:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+    async def _give_back(self, msg: Any) -> None:
+        try:
+            await msg.nak()
+        except Exception as exc:
+            log.debug("fleet: request not given back (%s); after the ack wait", _describe(exc))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
