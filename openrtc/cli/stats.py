@@ -79,6 +79,14 @@ def add_parser(sub: Any) -> None:
                 help="today, 7d, 30d, YYYY-MM-DD or YYYY-MM-DD..YYYY-MM-DD, in UTC (default: everything)",
             )
 
+    def fleet(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--nats",
+            metavar="URL",
+            help="every worker of the fleet at URL (nats://HOST:PORT), from the summaries its workers "
+            "publish, instead of this machine's event log",
+        )
+
     usage = commands.add_parser(
         "usage",
         help="tokens, cache and cost, grouped",
@@ -87,6 +95,7 @@ def add_parser(sub: Any) -> None:
         "ending in +N? leaves out N calls with no known price; ? alone: no price known at all.",
     )
     common(usage)
+    fleet(usage)
     usage.add_argument("--by", choices=report.GROUPS, default="agent", help="group by (default: agent)")
     history = commands.add_parser(
         "history",
@@ -96,6 +105,7 @@ def add_parser(sub: Any) -> None:
         "first (sessions with no input tokens last).",
     )
     common(history)
+    fleet(history)
     history.add_argument("--limit", type=_positive, default=10, metavar="N", help="how many (default: 10)")
     history.add_argument(
         "--sort",
@@ -161,8 +171,18 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         window = report.parse_since(args.since, time.time()) if getattr(args, "since", None) else (None, None)
     except ConfigError as exc:
         parser.error(str(exc))
+    nats = getattr(args, "nats", None)
     try:
-        check_log_folder(folder)
+        if nats:
+            from openrtc.fleet import history as fleet_history
+
+            ends = fleet_history.load(nats)
+            args.batches = lambda: fleet_history.raw_sessions(ends, window[0], window[1])
+            args.where = f"the fleet at {nats}"
+        else:
+            check_log_folder(folder)
+            args.where = str(folder)
+            args.batches = lambda: scan(folder, window[0], window[1], problems)
         code = {
             "usage": _usage,
             "history": _history,
@@ -187,7 +207,7 @@ def check_log_folder(folder: Path) -> None:
     check_private_dir(folder, "log folder", OpenRTCError)
 
 
-def _nothing(folder: Path, what: str) -> int:
+def _nothing(folder: Path | str, what: str) -> int:
     print(f"openrtc stats: {what} in {folder}", file=sys.stderr)
     return 1
 
@@ -200,9 +220,9 @@ def _out(args: argparse.Namespace, doc: Any, text: str) -> None:
 
 
 def _usage(args: argparse.Namespace, folder: Path, window: Any, problems: Problems) -> int:
-    groups, total = report.group_usage(scan(folder, window[0], window[1], problems), args.by)
+    groups, total = report.group_usage(args.batches(), args.by)
     if not total.sessions:
-        return _nothing(folder, "no session matches")
+        return _nothing(args.where, "no session matches")
     header = (f"BY {args.by.upper()}", *report.USAGE_HEADER)
     text = report.table(header, [report.usage_row(g) for g in groups] + [report.usage_row(total)])
     _out(args, {"by": args.by, "groups": [g.as_dict() for g in groups], "total": total.as_dict()}, text)
@@ -210,11 +230,9 @@ def _usage(args: argparse.Namespace, folder: Path, window: Any, problems: Proble
 
 
 def _history(args: argparse.Namespace, folder: Path, window: Any, problems: Problems) -> int:
-    chosen = report.history(
-        scan(folder, window[0], window[1], problems), args.limit, args.agent, args.tenant, args.sort
-    )
+    chosen = report.history(args.batches(), args.limit, args.agent, args.tenant, args.sort)
     if not chosen:
-        return _nothing(folder, "no session matches")
+        return _nothing(args.where, "no session matches")
     if args.ids:
         text = "".join(f"{s.session_id}\n" for s in chosen)
     else:

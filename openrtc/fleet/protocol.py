@@ -6,7 +6,8 @@ Pure (no client here).
   second publish of the same id inside the stream's duplicate window is dropped by the server.
 - One durable pull consumer per agent, `openrtc-<agent>`, shared by every worker that has the agent.
 - Lifecycle events: `openrtc.events.<agent>.<state>` (`Event`), kept by the stream `OPENRTC_EVENTS`
-  (limits retention) so that a reader that was away can still read them.
+  (limits retention, 30 days) so that a reader that was away can still read them; an end event
+  carries the session's summary, which `openrtc stats --nats` reads.
 - The key-value bucket `openrtc_workers`: key = worker id, value = its snapshot (`encode_view`), put
   every second, gone `WORKERS_TTL_S` after the last put (a worker that stops cleanly deletes its key).
 - Control requests to one worker: `openrtc.control.<worker id>` (`{"op": "cancel", "session_id"}`).
@@ -34,7 +35,8 @@ EVENTS_PREFIX = "openrtc.events."
 DUPLICATE_WINDOW_S = 120.0
 """A second publish of a session id within this long is dropped (the stream's duplicate window)."""
 EVENTS_STREAM = "OPENRTC_EVENTS"
-EVENTS_MAX_AGE_S = 7 * 86400.0
+EVENTS_MAX_AGE_S = 30 * 86400.0
+"""How long the events stream keeps events (and the sessions' summaries, which `stats --nats` reads)."""
 EVENTS_DUPLICATE_WINDOW_S = 600.0
 """A session's end is published with the message id `<session id>.end`: a second copy within this
 long (a redelivery of a request whose worker died between recording its end and acking) is dropped."""
@@ -187,6 +189,9 @@ class Event:
     """Unix time."""
     attempt: int = 1
     """Which delivery of the request this is (1 for the first)."""
+    summary: dict[str, Any] | None = None
+    """On an end event: the session summed up, as its `session.end` line in the worker's event log
+    (tokens, cost, times); what `openrtc stats --nats` reads."""
 
     @property
     def final(self) -> bool:
@@ -202,6 +207,7 @@ class Event:
                 "reason": self.reason,
                 "at": self.at,
                 "attempt": self.attempt,
+                **({"summary": self.summary} if self.summary is not None else {}),
             },
             separators=(",", ":"),
         ).encode()
@@ -219,6 +225,7 @@ def decode_event(body: bytes) -> Event:
             None if doc.get("reason") is None else str(doc["reason"]),
             float(doc["at"]),
             int(doc.get("attempt") or 1),
+            doc["summary"] if isinstance(doc.get("summary"), dict) else None,
         )
     except (ValueError, UnicodeDecodeError, KeyError, TypeError) as exc:
         raise FleetError(f"not a lifecycle event: {type(exc).__name__}: {exc}") from None

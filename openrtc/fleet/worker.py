@@ -62,6 +62,7 @@ from openrtc.fleet.protocol import (
     subject,
 )
 from openrtc.runtime.hooks import Hook
+from openrtc.usage.hook import end_record
 
 if TYPE_CHECKING:
     from openrtc.runtime.control import PoolControl
@@ -177,7 +178,10 @@ class FleetHook(Hook):
     def session_finished(self, session: Session) -> None:
         if session.id in self._leases:
             # The time is taken here, on the loop: the events' times then order starts and ends truly.
-            self._call(self._on_finished, session.id, session.state.value, session.reason, time.time())
+            summary = end_record(session, self._worker_id)
+            self._call(
+                self._on_finished, session.id, session.state.value, session.reason, time.time(), summary
+            )
 
     def draining(self) -> None:
         self._call(self._stop_fetching)
@@ -491,15 +495,23 @@ class FleetHook(Hook):
         if lease is not None:
             self._publish(Event(session_id, lease.agent, self._worker_id, "running", None, at, attempt))
 
-    def _on_finished(self, session_id: str, state: str, reason: str | None, at: float) -> None:
+    def _on_finished(
+        self, session_id: str, state: str, reason: str | None, at: float, summary: dict[str, Any] | None
+    ) -> None:
         lease = self._leases.get(session_id)
         if lease is not None and not lease.ended:
             lease.ended = True
-            self._spawn(self._finish(session_id, lease, state, reason, at))
+            self._spawn(self._finish(session_id, lease, state, reason, at, summary))
         self._wake_fetchers()
 
     async def _finish(
-        self, session_id: str, lease: _Lease, state: str, reason: str | None, at: float
+        self,
+        session_id: str,
+        lease: _Lease,
+        state: str,
+        reason: str | None,
+        at: float,
+        summary: dict[str, Any] | None = None,
     ) -> None:
         """Record, publish and ack a session's end; while NATS is away, retry (the lease stays, and its
         in-progress acks go on), so that a restart of the server loses no end and runs nothing twice."""
@@ -509,7 +521,7 @@ class FleetHook(Hook):
             if state == "cancelled" and reason == "drain_timeout":
                 await self._requeue(session_id, lease, reason)
                 return
-            event = Event(session_id, lease.agent, self._worker_id, state, reason, at, lease.attempt)
+            event = Event(session_id, lease.agent, self._worker_id, state, reason, at, lease.attempt, summary)
             delay = 0.25
             while True:
                 try:

@@ -123,25 +123,8 @@ class UsageHook(Hook):
         self._ended.merge(usage.totals)
         if self.event_log is None:
             return  # the end's line sums the session up for the log; without a log, nothing more
-        totals = usage.totals
-        ended = session.ended_at if session.ended_at is not None else time.perf_counter()
-        data = {
-            "state": session.state.value,
-            "reason": session.reason,
-            "error": session.error_text,
-            "wall_s": round(ended - session.started_mono, 6),
-            "cpu_s": _cpu_s(session),
-            "llm_s": round(totals.llm_s, 6),
-            "tool_s": round(totals.tool_s, 6),
-            "totals": totals.as_dict(),
-            "cost_usd": totals.cost_usd,
-            "unknown_cost_calls": totals.unknown_cost_calls,
-            "agent": session.agent,
-            "tenant": session.tenant,
-            "started_at": session.started_at,
-            "worker_id": self._worker_id,
-            "attempt": session.attempt,
-        }
+        data = end_record(session, self._worker_id)
+        assert data is not None
         self._write(session, usage, "session.end", data, time.time())
 
     def closed(self) -> None:
@@ -155,6 +138,33 @@ class UsageHook(Hook):
         usage.next_seq = seq + 1
         if self.event_log is not None:
             self.event_log.write(session.id, seq, kind, ts, data)
+
+
+def end_record(session: Session, worker_id: str) -> dict[str, Any] | None:
+    """A finished session summed up: the `session.end` event's data (what `openrtc stats` reads), or
+    None for a session without `session.usage`. On the loop thread, once the session has ended."""
+    usage = session.usage
+    if not isinstance(usage, SessionUsage):
+        return None
+    totals = usage.totals
+    ended = session.ended_at if session.ended_at is not None else time.perf_counter()
+    return {
+        "state": session.state.value,
+        "reason": session.reason,
+        "error": session.error_text,
+        "wall_s": round(ended - session.started_mono, 6),
+        "cpu_s": _cpu_s(session),
+        "llm_s": round(totals.llm_s, 6),
+        "tool_s": round(totals.tool_s, 6),
+        "totals": totals.as_dict(),
+        "cost_usd": totals.cost_usd,
+        "unknown_cost_calls": totals.unknown_cost_calls,
+        "agent": session.agent,
+        "tenant": session.tenant,
+        "started_at": session.started_at,
+        "worker_id": worker_id,
+        "attempt": session.attempt,
+    }
 
 
 def _cpu_s(session: Session) -> float | None:

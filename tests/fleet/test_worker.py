@@ -424,3 +424,68 @@ def test_top_once_nats_lists_every_worker_and_marks_a_dead_one_stale(
         time.sleep(0.3)
     assert [w.doc["worker"]["pid"] for w in seen if w.stale] == [victim.proc.pid]
     assert "STALE worker " in once()
+
+
+AGENTS["caller"] = """
+    import asyncio
+    from openrtc import Agent, Session
+
+    class Caller(Agent):
+        name = "caller"
+
+        async def run(self, session: Session) -> None:
+            n = int(session.metadata.get("n", 1))
+            for _ in range(n):
+                session.usage.record(
+                    "gpt-4o-mini", provider="openai", input_tokens=1000 * n, output_tokens=100 * n,
+                    cache_read_tokens=200 * n,
+                )
+                await asyncio.sleep(0.01)
+"""
+
+
+def test_stats_nats_totals_equal_the_sum_of_the_workers_logs(
+    nats_server: NatsServer, tmp_path: Path, sock_home: Path, workers: list[Worker]
+) -> None:
+    agents = write_agents(tmp_path / "agents", "caller")
+    logs = [tmp_path / f"log{i}" for i in range(3)]
+    fleet = [
+        Worker(
+            "start", agents, sock_home, "--nats", nats_server.url, "--log-dir", str(d), "--max-sessions", "4"
+        ).ready()
+        for d in logs
+    ]
+    workers.extend(fleet)
+    for worker in fleet:
+        worker.wait_for_log("fleet: joined")
+    ids = []
+    for n in (1, 2, 3):
+        ids += asyncio.run(dispatch_many(nats_server.url, "caller", 10, n=n))
+    events = wait_for_ends(nats_server.url, ids)
+    assert len({e.worker_id for e in events if e.final}) == 3  # every worker took some
+    for worker in fleet:
+        assert worker.stop() == 0  # each log complete and closed
+
+    def usage(*where: str) -> dict[str, Any]:
+        done = run_cli("stats", "usage", "--json", *where)
+        assert done.returncode == 0, done.stderr
+        return dict(json.loads(done.stdout)["total"])
+
+    fleet_total = usage("--nats", nats_server.url)
+    local = [usage("--log-dir", str(d)) for d in logs]
+    for key in (
+        "sessions",
+        "calls",
+        "input_tokens",
+        "cache_read_tokens",
+        "output_tokens",
+        "unknown_cost_calls",
+    ):
+        assert fleet_total[key] == sum(t[key] for t in local), key
+    assert fleet_total["sessions"] == 30 and fleet_total["calls"] == 60
+    assert fleet_total["cost_usd"] == pytest.approx(sum(t["cost_usd"] for t in local))
+    assert fleet_total["cost_usd"] > 0
+    history = run_cli("stats", "history", "--nats", nats_server.url, "--limit", "100", "--ids")
+    assert sorted(history.stdout.split()) == sorted(ids)
+    nothing = run_cli("stats", "usage", "--nats", nats_server.url, "--since", "2001-01-01..2001-01-02")
+    assert nothing.returncode == 1 and f"in the fleet at {nats_server.url}" in nothing.stderr
