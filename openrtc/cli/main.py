@@ -266,15 +266,23 @@ def _top(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.session and not args.once:
         parser.error("--session needs --once (in the live view, press enter on a row)")
     filters = Filters(agent=args.agent, tenant=args.tenant, status=args.status, token_class=args.token_class)
-    if args.nats:
-        if not args.once:
-            parser.error("--nats needs --once (the live view of a fleet is not built yet)")
-        if args.socket:
-            parser.error("--socket and --nats: choose one")
+    if args.nats and args.socket:
+        parser.error("--socket and --nats: choose one")
+    if args.nats and args.once:
         from openrtc.top.once import run_once_fleet
 
         color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
         return run_once_fleet(args.nats, args.json, filters, args.sort, color=color, session=args.session)
+    if args.nats:
+        from openrtc.top.app import make_app
+        from openrtc.top.fleet import FleetSource
+
+        source = FleetSource(args.nats)
+        try:
+            make_app(source, args.refresh, args.sort, filters).run()
+        finally:
+            source.close()
+        return 0
     if args.once:
         color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
         return run_once(args.socket, args.json, filters, args.sort, color=color, session=args.session)

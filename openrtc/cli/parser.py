@@ -275,8 +275,8 @@ def build_parser(worker_defaults: dict[str, Any] | None = None) -> Parser:
     top.add_argument(
         "--nats",
         metavar="URL",
-        help="with --once: every worker of the fleet at URL (nats://HOST:PORT), from its view bucket, "
-        "instead of this machine's sockets",
+        help="every worker of the fleet at URL (nats://HOST:PORT), from its view bucket, instead of "
+        "this machine's sockets",
     )
     top.add_argument("--sort", choices=SORT_KEYS, default="cpu", help="sort sessions by (default: cpu)")
     top.add_argument("--agent", help="only sessions of this agent")

@@ -190,7 +190,9 @@ class TopApp(App[None]):
         table = self.query_one("#sessions", SessionTable)
         headers = self.query_one("#workers", Static)
         if not fetch.workers:
-            if fetch.socket is not None:
+            if fetch.fleet is not None:
+                head, where = "No worker in the fleet.\n\n", f"Read the fleet view at {fetch.fleet}.\n"
+            elif fetch.socket is not None:
                 head, where = "No worker answers.\n\n", f"Nothing answers on {fetch.socket}.\n"
             else:
                 head, where = (

@@ -46,6 +46,8 @@ class Fetch:
     """Every worker, live or recently gone, in socket order."""
     socket: Path | None = None
     """The one socket asked for (`top --socket`), else None: every socket of `folder`."""
+    fleet: str | None = None
+    """The fleet's NATS URL (`top --nats`), else None: this machine's sockets."""
 
 
 class Source(Protocol):

@@ -356,6 +356,7 @@ def test_top_once_nats_lists_every_worker_and_marks_a_dead_one_stale(
     nats_server: NatsServer, tmp_path: Path, sock_home: Path, workers: list[Worker]
 ) -> None:
     from openrtc.fleet.view import cancel_session, read_fleet
+    from openrtc.top.fleet import FleetSource
 
     agents = write_agents(tmp_path / "agents", "sleeper")
     fleet = [fleet_worker(agents, sock_home, nats_server.url, "--max-sessions", "2") for _ in range(3)]
@@ -424,6 +425,17 @@ def test_top_once_nats_lists_every_worker_and_marks_a_dead_one_stale(
         time.sleep(0.3)
     assert [w.doc["worker"]["pid"] for w in seen if w.stale] == [victim.proc.pid]
     assert "STALE worker " in once()
+    # The live view's source: every worker, the dead one marked gone with why.
+    source = FleetSource(nats_server.url)
+    try:
+        fetch = source.fetch()
+    finally:
+        source.close()
+    assert fetch.fleet == nats_server.url
+    assert {v.snapshot.worker.pid for v in fetch.workers if v.snapshot is not None} == pids
+    (gone,) = [v for v in fetch.workers if v.gone]
+    assert gone.snapshot is not None and gone.snapshot.worker.pid == victim.proc.pid
+    assert gone.error is not None and "no update for" in gone.error
 
 
 AGENTS["caller"] = """
