@@ -9,9 +9,9 @@ Conventions (stated in `runbooks/README.md`):
   sample output: each must be found in what the command printed, in order, on consecutive (non-blank) lines; a
   line `...` skips any number of lines, and `...` inside a line stands for any text. Before comparing,
   hex ids and numbers become one token, and runs of spaces one space.
-- ```sh background blocks start workers (in "another terminal"): they must still be running after a
-  few seconds. The next background block, or the end of the runbook, stops them with SIGTERM (the
-  reader's Ctrl-C): they must drain and exit 0.
+- ```sh background blocks start workers (in "another terminal", and a `nats-server` for a fleet):
+  they must still be running after a few seconds. The next background block, or the end of the
+  runbook, stops them with SIGTERM (the reader's Ctrl-C): they must drain and exit 0.
 - ```text log blocks are sample lines of the last background worker's log: each must be found in it,
   in order (other lines may come between).
 - ```python blocks that define an agent are written to an agents folder and must load
@@ -21,6 +21,7 @@ Conventions (stated in `runbooks/README.md`):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -119,7 +120,8 @@ def test_runbook_blocks_run(runbook: Path, tmp_path: Path, sock_home: Path) -> N
                             ["bash", "-c", script], cwd=tmp_path, env=env, stdout=log, stderr=log
                         )
                     background.append((command, proc, log_path))
-                _wait_for_workers(sock_home, len(background))
+                # A NATS server started beside the workers (the fleet runbook) is no worker.
+                _wait_for_workers(sock_home, sum("nats-server" not in c for c, _, _ in background))
                 for command, proc, _ in background:
                     assert proc.poll() is None, f"{runbook.name}: `{command}` stopped: {_log(tmp_path)}"
                 ran += 1
@@ -195,10 +197,21 @@ def _run_python(runbook: Path, i: int, code: str, tmp_path: Path, env: dict[str,
 def _must_pass(
     args: list[str], what: str, cwd: Path, env: dict[str, str]
 ) -> subprocess.CompletedProcess[bytes]:
-    done = subprocess.run(args, check=False, cwd=cwd, env=env, capture_output=True, timeout=120)
-    assert done.returncode == 0, (
-        f"{what} exited {done.returncode}\n{done.stdout.decode()}\n{done.stderr.decode()}"
+    # A group of its own: whatever a block left running with `&` (a worker it started) is killed with
+    # it when it fails or hangs, rather than left to join the next runbook's fleet.
+    proc = subprocess.Popen(
+        args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
     )
+    try:
+        out, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        out, err = b"", b"(timed out after 120 s)"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    done = subprocess.CompletedProcess(args, proc.returncode, out, err)
+    assert done.returncode == 0, f"{what} exited {done.returncode}\n{out.decode()}\n{err.decode()}"
     return done
 
 

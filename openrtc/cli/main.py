@@ -237,7 +237,12 @@ def _dispatch_fleet(args: argparse.Namespace, url: str, metadata: dict[str, Any]
         return 0
     for session_id in ids:
         end = ends[session_id]
-        print(f"{session_id} {end.state}" + (f" {end.reason}" if end.reason else ""))
+        again = f" (delivery {end.attempt})" if end.attempt > 1 else ""
+        print(
+            f"{session_id} {end.state}"
+            + (f" {end.reason}" if end.reason else "")
+            + f" on worker {end.worker_id}{again}"
+        )
     return 0 if all(ends[i].state == "ended" for i in ids) else 1
 
 

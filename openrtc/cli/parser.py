@@ -237,8 +237,8 @@ def build_parser(worker_defaults: dict[str, Any] | None = None) -> Parser:
     dispatch.add_argument(
         "--wait",
         action="store_true",
-        help="with --nats: wait until every session ends and print its end state (exit 1 when any "
-        "did not end well)",
+        help="with --nats: wait until every session ends and print its end state, worker and, when "
+        "it ran more than once, its delivery (exit 1 when any did not end well)",
     )
     dispatch.add_argument(
         "--timeout",

@@ -32,6 +32,7 @@ its copy: an in-progress ack of a request already delivered again is not trusted
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -147,7 +148,8 @@ class FleetHook(Hook):
         self._claimed = 0
         """Slots held by fetches in flight and sessions being started (not yet in the pool's count)."""
         self._fetching = True
-        self._room: asyncio.Event | None = None
+        self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
+        """Fetchers waiting for their turn at a free slot, oldest first."""
         self._stop: asyncio.Event | None = None
         self._nc: Any = None
         self._js: Any = None
@@ -222,7 +224,6 @@ class FleetHook(Hook):
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._room = asyncio.Event()
         self._stop = asyncio.Event()
         self._ready.set()
         if not await self._connect():
@@ -237,8 +238,10 @@ class FleetHook(Hook):
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._nc.drain(), CLOSE_TIMEOUT_S)
+        # Not `drain()`: with the server gone it leaves a failed gather behind (a logged traceback).
+        if self._nc.is_connected:
+            with contextlib.suppress(Exception):
+                await self._nc.flush(CLOSE_TIMEOUT_S)
         with contextlib.suppress(Exception):
             await self._nc.close()
 
@@ -316,7 +319,8 @@ class FleetHook(Hook):
         log.debug("fleet: nats: %s: %s", type(exc).__name__, exc)
 
     async def _on_disconnected(self) -> None:
-        log.warning("fleet: disconnected from NATS; running sessions go on, reconnecting")
+        if self._fetching or self._leases:  # not the worker's own close
+            log.warning("fleet: disconnected from NATS; running sessions go on, reconnecting")
 
     async def _on_reconnected(self) -> None:
         log.warning("fleet: reconnected to NATS at %s; taking requests again", self._nc.connected_url.netloc)
@@ -339,25 +343,22 @@ class FleetHook(Hook):
         # lingers, and then holds the first request that comes until the batch is full or the timeout
         # ends. So: after an empty fetch, linger for one request only; after a fruitful one, take what
         # else is there, lingering at most BURST_S.
-        assert self._room is not None
         sub = None
         idle = True
         while self._fetching:
-            free = self._free_slots()
-            if free == 0:
-                self._room.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._room.wait(), 0.5)
+            want = await self._turn(1 if idle else None)
+            if want == 0:
                 continue
-            want = 1 if idle else free
-            self._claimed += want
+            # With fewer free slots than agents, the agents take turns (`_turn`): each lingers for a
+            # share of the timeout, so every agent is asked at least once a FETCH_TIMEOUT_S or so.
+            linger = FETCH_TIMEOUT_S / (1 + len(self._waiting)) if idle else BURST_S
             got: list[Any] = []
             try:
                 if sub is None:
                     sub = await self._js.pull_subscribe_bind(durable(agent), STREAM)
-                got = await sub.fetch(want, timeout=FETCH_TIMEOUT_S if idle else BURST_S)
+                got = await sub.fetch(want, timeout=max(0.1, linger))
             except asyncio.CancelledError:
-                self._claimed -= want
+                self._release(want)
                 raise
             except Exception as exc:
                 if not _is_timeout(exc):
@@ -368,14 +369,14 @@ class FleetHook(Hook):
                         with contextlib.suppress(Exception):
                             await sub.unsubscribe()
                     sub = None
-                    self._claimed -= want
+                    self._release(want)
                     await asyncio.sleep(RETRY_S)
                     continue
             # A fetch also returns what came in after an earlier one timed out (nats-py keeps it for
             # the next): more than asked for. What is past this worker's room goes straight back.
             extra = got[want:]
             got = got[:want]
-            self._claimed -= want - len(got)
+            self._release(want - len(got))
             idle = not got
             for msg in got:
                 self._spawn(self._take(agent, msg))
@@ -384,6 +385,35 @@ class FleetHook(Hook):
         if sub is not None:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+    async def _turn(self, at_most: int | None) -> int:
+        """Claim free slots (at most `at_most`; None: all there are) when it is this fetcher's turn:
+        first come, first served, so no agent's fetcher keeps the slots from the others. 0 when the
+        worker stops fetching meanwhile."""
+        first = True
+        while self._fetching:
+            free = self._free_slots()
+            if free > 0 and (not first or not self._waiting):
+                n = free if at_most is None else min(free, at_most)
+                self._claimed += n
+                return n
+            turn = asyncio.get_running_loop().create_future()
+            self._waiting.append(turn)
+            try:
+                # Woken when a slot frees (or a turn passes); the timeout re-reads the pool's count.
+                await asyncio.wait_for(asyncio.shield(turn), 0.5)
+            except TimeoutError:
+                pass
+            finally:
+                first = False
+                with contextlib.suppress(ValueError):
+                    self._waiting.remove(turn)
+        return 0
+
+    def _release(self, slots: int) -> None:
+        self._claimed -= slots
+        if slots:
+            self._wake_fetchers()
 
     async def _give_back(self, msg: Any) -> None:
         try:
@@ -485,8 +515,12 @@ class FleetHook(Hook):
         )
 
     def _wake_fetchers(self) -> None:
-        if self._room is not None:
-            self._room.set()
+        """A slot may have freed: the fetcher waiting longest takes its turn."""
+        while self._waiting:
+            turn = self._waiting.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                return
 
     # -- sessions' lives (callbacks posted from the pool's loop) -------------------------------------
 
@@ -565,6 +599,9 @@ class FleetHook(Hook):
         try:
             await lease.msg.nak()
             self.counts["requeued"] += 1
+            log.info(
+                "fleet: session %s requeued (%s): back in the stream for another worker", session_id, reason
+            )
             self._publish(self._event(session_id, lease.agent, "requeued", reason, lease.attempt))
         except Exception as exc:
             log.warning(

@@ -234,9 +234,9 @@ def test_dispatch_wait_prints_each_end_state(
     )
     assert ok.returncode == 0, ok.stderr
     lines = ok.stdout.split("\n")[:-1]
-    assert len(lines) == 3 and all(line.endswith(" ended") for line in lines)
+    assert len(lines) == 3 and all(" ended on worker " in line for line in lines)
     bad = run_cli("dispatch", "sleeper", "--nats", url, "--wait", "--metadata", '{"fail": true}')
-    assert bad.returncode == 1 and bad.stdout.endswith(" failed exception\n"), (bad.stdout, bad.stderr)
+    assert bad.returncode == 1 and " failed exception on worker " in bad.stdout, (bad.stdout, bad.stderr)
     plain = run_cli("dispatch", "sleeper", "--nats", url)
     assert plain.returncode == 0 and len(plain.stdout.split()) == 1
     usage = run_cli("dispatch", "sleeper", "--wait")
@@ -501,3 +501,20 @@ def test_stats_nats_totals_equal_the_sum_of_the_workers_logs(
     assert sorted(history.stdout.split()) == sorted(ids)
     nothing = run_cli("stats", "usage", "--nats", nats_server.url, "--since", "2001-01-01..2001-01-02")
     assert nothing.returncode == 1 and f"in the fleet at {nats_server.url}" in nothing.stderr
+
+
+def test_every_agent_gets_a_turn_with_fewer_slots_than_agents(
+    nats_server: NatsServer, tmp_path: Path, sock_home: Path, workers: list[Worker]
+) -> None:
+    """One slot, three agents: no agent's fetcher keeps the slot from the others (they take turns)."""
+    agents = write_agents(tmp_path / "agents", "sleeper", "talker", "caller")
+    worker = fleet_worker(agents, sock_home, nats_server.url, "--max-sessions", "1")
+    workers.append(worker)
+    worker.wait_for_log("fleet: joined")
+    ids = []
+    for agent in ("talker", "caller", "sleeper"):
+        ids += asyncio.run(dispatch_many(nats_server.url, agent, 2, seconds=0.05))
+    events = wait_for_ends(nats_server.url, ids, timeout=60)
+    assert sorted(e.session_id for e in events if e.final) == sorted(ids)
+    (worker_id,) = {e.worker_id for e in events}
+    assert max_concurrent(events, worker_id) == 1
