@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench soak snapshots-update clean
+.PHONY: demo demo-fleet test lint bench soak snapshots-update clean
 
 $(STAMP): pyproject.toml setup.py openrtc/introspection/_steps.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,10 @@ $(STAMP): pyproject.toml setup.py openrtc/introspection/_steps.c
 
 demo: $(STAMP)
 	$(BIN)/openrtc demo
+
+# A local NATS server, three workers that join it, a load dispatched to the fleet, and its `top`.
+demo-fleet: $(STAMP)
+	$(BIN)/openrtc demo --fleet
 
 lint: $(STAMP)
 	$(BIN)/ruff check openrtc tests benchmarks agents_example

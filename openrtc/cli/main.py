@@ -68,6 +68,14 @@ def _main(argv: Sequence[str] | None) -> int:
         return _list(args)
     if args.command == "top":
         return _top(parser.commands["top"], args)
+    if args.command == "demo" and args.fleet:
+        if args.log_dir:
+            parser.commands["demo"].error(
+                "--log-dir and --fleet: each worker of the fleet demo has its own log"
+            )
+        from openrtc.cli.demo_fleet import run_fleet_demo
+
+        return run_fleet_demo(args.agents, args.duration, args.rate, tui=not args.no_tui)
     if args.command == "demo":
         from openrtc.cli.demo import run_demo
 

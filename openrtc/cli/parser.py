@@ -327,4 +327,10 @@ def build_parser(worker_defaults: dict[str, Any] | None = None) -> Parser:
         metavar="DIR",
         help="the worker's event log, for `openrtc stats` (default: a new folder next to its socket)",
     )
+    demo.add_argument(
+        "--fleet",
+        action="store_true",
+        help="a fleet instead (make demo-fleet): a local nats-server, three workers that join it, the "
+        "load dispatched over NATS, and `top --nats` on it",
+    )
     return parser

@@ -518,3 +518,12 @@ def test_every_agent_gets_a_turn_with_fewer_slots_than_agents(
     assert sorted(e.session_id for e in events if e.final) == sorted(ids)
     (worker_id,) = {e.worker_id for e in events}
     assert max_concurrent(events, worker_id) == 1
+
+
+def test_the_fleet_demo_runs_three_workers_and_stops_them(sock_home: Path) -> None:
+    done = run_cli("demo", "--fleet", "--no-tui", "--duration", "6", timeout=90)
+    assert done.returncode == 0, done.stderr
+    assert "demo fleet: nats-server nats://127.0.0.1:" in done.stdout
+    assert done.stdout.count("\nworker ") + done.stdout.startswith("worker ") >= 3, done.stdout
+    assert "demo fleet stopped; workers exited with 0, 0, 0" in done.stdout
+    assert " chat " in done.stdout  # the load reached the workers through the stream
