@@ -79,7 +79,7 @@ def run_fleet_demo(
                 worker.send_signal(signal.SIGTERM)
         for worker in workers:
             try:
-                worker.wait(15)
+                worker.wait(30)  # the drain (3 s), its sessions' unwinding (5 s), the fleet's close
             except subprocess.TimeoutExpired:
                 worker.kill()
                 worker.wait()

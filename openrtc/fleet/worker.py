@@ -146,6 +146,7 @@ class FleetHook(Hook):
         self._leases: dict[str, _Lease] = {}
         """Requests taken and not yet ended, by session id (written on the fleet thread only)."""
         self._claimed = 0
+        self._claimed_for: collections.Counter[str] = collections.Counter()
         """Slots held by fetches in flight and sessions being started (not yet in the pool's count)."""
         self._fetching = True
         self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
@@ -327,16 +328,25 @@ class FleetHook(Hook):
 
     # -- taking requests -------------------------------------------------------------------------
 
-    def _free_slots(self) -> int:
-        assert self._view is not None
-        if not self._fetching:
+    def _free_slots(self, agent: str) -> int:
+        """What `agent`'s fetcher may claim: the worker's free slots under its session cap, its
+        per-agent cap and its memory limit (a refusal would cost the request one of its deliveries)."""
+        view = self._view
+        assert view is not None
+        if not self._fetching or view.memory_full:
             return 0
-        facts = self._view.facts()
+        facts = view.facts()
         if facts.draining:
             return 0
         if facts.max_sessions is None:
-            return max(0, self.config.batch - self._claimed)
-        return max(0, facts.max_sessions - facts.sessions_active - self._claimed)
+            free = self.config.batch - self._claimed
+        else:
+            free = facts.max_sessions - facts.sessions_active - self._claimed
+        per_agent = view.config.limits.max_sessions_per_agent
+        if per_agent is not None:
+            running = sum(1 for s in view.sessions() if s.agent == agent)
+            free = min(free, per_agent - running - self._claimed_for[agent])
+        return max(0, free)
 
     async def _fetch_loop(self, agent: str) -> None:
         # nats-py's `fetch` returns at once what the stream has (up to the batch); on an empty stream it
@@ -346,7 +356,7 @@ class FleetHook(Hook):
         sub = None
         idle = True
         while self._fetching:
-            want = await self._turn(1 if idle else None)
+            want = await self._turn(agent, 1 if idle else None)
             if want == 0:
                 continue
             # With fewer free slots than agents, the agents take turns (`_turn`): each lingers for a
@@ -358,7 +368,7 @@ class FleetHook(Hook):
                     sub = await self._js.pull_subscribe_bind(durable(agent), STREAM)
                 got = await sub.fetch(want, timeout=max(0.1, linger))
             except asyncio.CancelledError:
-                self._release(want)
+                self._release(agent, want)
                 raise
             except Exception as exc:
                 if not _is_timeout(exc):
@@ -369,14 +379,14 @@ class FleetHook(Hook):
                         with contextlib.suppress(Exception):
                             await sub.unsubscribe()
                     sub = None
-                    self._release(want)
+                    self._release(agent, want)
                     await asyncio.sleep(RETRY_S)
                     continue
             # A fetch also returns what came in after an earlier one timed out (nats-py keeps it for
             # the next): more than asked for. What is past this worker's room goes straight back.
             extra = got[want:]
             got = got[:want]
-            self._release(want - len(got))
+            self._release(agent, want - len(got))
             idle = not got
             for msg in got:
                 self._spawn(self._take(agent, msg))
@@ -386,16 +396,17 @@ class FleetHook(Hook):
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
-    async def _turn(self, at_most: int | None) -> int:
+    async def _turn(self, agent: str, at_most: int | None) -> int:
         """Claim free slots (at most `at_most`; None: all there are) when it is this fetcher's turn:
         first come, first served, so no agent's fetcher keeps the slots from the others. 0 when the
         worker stops fetching meanwhile."""
         first = True
         while self._fetching:
-            free = self._free_slots()
+            free = self._free_slots(agent)
             if free > 0 and (not first or not self._waiting):
                 n = free if at_most is None else min(free, at_most)
                 self._claimed += n
+                self._claimed_for[agent] += n
                 return n
             turn = asyncio.get_running_loop().create_future()
             self._waiting.append(turn)
@@ -410,8 +421,9 @@ class FleetHook(Hook):
                     self._waiting.remove(turn)
         return 0
 
-    def _release(self, slots: int) -> None:
+    def _release(self, agent: str, slots: int) -> None:
         self._claimed -= slots
+        self._claimed_for[agent] -= slots
         if slots:
             self._wake_fetchers()
 
@@ -488,7 +500,7 @@ class FleetHook(Hook):
                 exc,
             )
         finally:
-            self._claimed -= 1
+            self._release(agent, 1)
             self._wake_fetchers()
 
     async def _ended(self, session_id: str) -> Event | None:

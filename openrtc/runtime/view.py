@@ -98,6 +98,11 @@ class PoolView:
         """`new`, `starting`, `running`, `draining` or `closed`."""
         return self._pool.state
 
+    @property
+    def memory_full(self) -> bool:
+        """True while the worker's RSS is above its memory limit: new sessions are refused."""
+        return self._pool.memory.above_limit
+
     def sessions(self) -> list[Session]:
         """The active sessions (a copy)."""
         return list(self._pool.sessions.values())

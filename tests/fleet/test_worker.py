@@ -49,6 +49,8 @@ async def read_events(url: str) -> list[Event]:
     try:
         js = nc.jetstream()
         info = await js.stream_info(EVENTS_STREAM)
+        if not info.state.messages:
+            return []
         out = []
         for seq in range(info.state.first_seq, info.state.last_seq + 1):
             out.append(decode_event((await js.get_msg(EVENTS_STREAM, seq)).data))
@@ -202,9 +204,12 @@ def test_a_killed_workers_sessions_finish_elsewhere_and_none_twice(
     joined = victim.wait_for_log("fleet: joined")[0]["message"]
     victim_id = joined.split(" as worker ")[1].split()[0]
     assert any(e.worker_id == victim_id and e.state == "running" for e in events)
-    redelivered = [e for e in events if e.final and e.attempt > 1]
-    assert redelivered, "the killed worker had sessions running: they must have been delivered again"
-    assert all(e.worker_id != victim_id for e in redelivered)
+    final = {e.session_id: e for e in events if e.final}
+    cut_short = {e.session_id for e in events if e.worker_id == victim_id and e.state == "running"}
+    cut_short -= {i for i, e in final.items() if e.worker_id == victim_id}
+    assert cut_short, "the killed worker had sessions running when it died"
+    for session_id in cut_short:  # delivered again, and finished by another worker
+        assert final[session_id].worker_id != victim_id and final[session_id].attempt > 1
     for worker in (fleet[0], fleet[2]):
         assert worker.stop() == 0
 
@@ -527,3 +532,17 @@ def test_the_fleet_demo_runs_three_workers_and_stops_them(sock_home: Path) -> No
     assert done.stdout.count("\nworker ") + done.stdout.startswith("worker ") >= 3, done.stdout
     assert "demo fleet stopped; workers exited with 0, 0, 0" in done.stdout
     assert " chat " in done.stdout  # the load reached the workers through the stream
+
+
+def test_the_per_agent_cap_holds_without_refusals(
+    nats_server: NatsServer, tmp_path: Path, sock_home: Path, workers: list[Worker]
+) -> None:
+    agents = write_agents(tmp_path / "agents", "sleeper", "talker")
+    worker = fleet_worker(agents, sock_home, nats_server.url, "--max-sessions-per-agent", "2")
+    workers.append(worker)
+    worker.wait_for_log("fleet: joined")
+    ids = asyncio.run(dispatch_many(nats_server.url, "sleeper", 10, seconds=0.2))
+    events = wait_for_ends(nats_server.url, ids)
+    (worker_id,) = {e.worker_id for e in events}
+    assert max_concurrent(events, worker_id) <= 2
+    assert not [r for r in worker.records() if "refused here" in r.get("message", "")]
