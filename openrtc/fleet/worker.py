@@ -301,20 +301,34 @@ class FleetHook(Hook):
         return False
 
     async def _ensure_consumer(self, agent: str) -> None:
+        """The agent's consumer: made with this worker's settings when missing; when another worker
+        made it, shared as it is (JetStream would otherwise take a second `add` as an update, and the
+        last worker started would set the fleet's ack wait)."""
         from nats.js.api import AckPolicy, ConsumerConfig
+        from nats.js.errors import NotFoundError
 
-        wanted = ConsumerConfig(
-            durable_name=durable(agent),
-            filter_subject=subject(agent),
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=self.config.ack_wait_s,
-            max_deliver=self.config.max_deliver,
-            max_ack_pending=-1,
-        )
+        name = durable(agent)
         try:
+            info = await self._js.consumer_info(STREAM, name)
+        except NotFoundError:
+            wanted = ConsumerConfig(
+                durable_name=name,
+                filter_subject=subject(agent),
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=self.config.ack_wait_s,
+                max_deliver=self.config.max_deliver,
+                max_ack_pending=-1,
+            )
             await self._js.add_consumer(STREAM, wanted)
-        except Exception as exc:  # it exists with other settings: another worker's; share it
-            log.warning("fleet: consumer %s kept as it is (%s)", durable(agent), exc)
+            return
+        have = (info.config.ack_wait, info.config.max_deliver)
+        if have != (self.config.ack_wait_s, self.config.max_deliver):
+            log.info(
+                "fleet: consumer %s exists with ack wait %g s and max deliver %s; shared as it is",
+                name,
+                have[0],
+                have[1],
+            )
 
     async def _on_error(self, exc: BaseException) -> None:
         log.debug("fleet: nats: %s: %s", type(exc).__name__, exc)
@@ -459,9 +473,12 @@ class FleetHook(Hook):
             lease = self._leases.get(sid)
             if lease is not None:
                 # Delivered again while it runs here (the acks were late): keep the session, ack the
-                # newest delivery from now on.
-                lease.msg, lease.attempt, lease.progress_ok = msg, attempt, time.monotonic()
-                await msg.in_progress()
+                # newest delivery from now on, and say so, so that a worker that took an earlier
+                # redelivery meanwhile cancels its copy (the newest delivery's holder keeps it).
+                if not lease.superseded and attempt > lease.attempt:
+                    lease.msg, lease.attempt, lease.progress_ok = msg, attempt, time.monotonic()
+                    await msg.in_progress()
+                    self._publish(self._event(sid, agent, "running", None, attempt))
                 return
             ended = await self._ended(sid) if attempt > 1 else None
             if ended is not None:

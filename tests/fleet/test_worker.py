@@ -546,3 +546,39 @@ def test_the_per_agent_cap_holds_without_refusals(
     (worker_id,) = {e.worker_id for e in events}
     assert max_concurrent(events, worker_id) <= 2
     assert not [r for r in worker.records() if "refused here" in r.get("message", "")]
+
+
+def test_a_copy_superseded_by_a_later_delivery_is_cancelled(
+    nats_server: NatsServer, tmp_path: Path, sock_home: Path, workers: list[Worker]
+) -> None:
+    """A worker frozen past the ack wait (SIGSTOP: its in-progress acks cannot go out) loses the lease:
+    the request is delivered again, to the other worker (and maybe once more to the frozen one's last
+    open pull request). Whichever copy holds the older delivery is cancelled when it sees the newer
+    start: one final end."""
+    agents = write_agents(tmp_path / "agents", "sleeper")
+    frozen = fleet_worker(agents, sock_home, nats_server.url, "--max-sessions", "1", "--ack-wait", "2")
+    workers.append(frozen)
+    frozen.wait_for_log("fleet: joined")
+    (session_id,) = asyncio.run(dispatch_many(nats_server.url, "sleeper", 1, seconds=6))
+    frozen.wait_for_log("session started")
+    # Its default ack wait (30 s) does not change the consumer the first worker made.
+    other = fleet_worker(agents, sock_home, nats_server.url, "--max-sessions", "1")
+    workers.append(other)
+    other.wait_for_log("consumer openrtc-sleeper exists with ack wait 2 s and max deliver 5; shared as it is")
+    frozen.proc.send_signal(signal.SIGSTOP)
+    try:
+        other.wait_for_log("session started", timeout=20)  # delivered again after the ack wait
+    finally:
+        frozen.proc.send_signal(signal.SIGCONT)
+    # Whichever holds the newest delivery keeps the session; the other cancels its copy.
+    deadline = time.monotonic() + 20
+    while not any(
+        "cancelling this copy" in r.get("message", "") for w in (frozen, other) for r in w.records()
+    ):
+        assert time.monotonic() < deadline, "no copy was cancelled"
+        time.sleep(0.2)
+    events = wait_for_ends(nats_server.url, [session_id])
+    finals = [e for e in events if e.final]
+    assert len(finals) == 1 and finals[0].attempt >= 2 and finals[0].state == "ended"
+    assert other.proc.poll() is None
+    assert frozen.proc.poll() is None
