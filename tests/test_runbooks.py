@@ -202,14 +202,17 @@ def _must_pass(
     proc = subprocess.Popen(
         args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
     )
+    timed_out = b""
     try:
         out, err = proc.communicate(timeout=120)
     except subprocess.TimeoutExpired:
-        out, err = b"", b"(timed out after 120 s)"
+        timed_out = b"\n(timed out after 120 s)"
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    if timed_out:
+        out, err = proc.communicate()  # what it printed until then; closes the pipes
+        err += timed_out
     done = subprocess.CompletedProcess(args, proc.returncode, out, err)
     assert done.returncode == 0, f"{what} exited {done.returncode}\n{out.decode()}\n{err.decode()}"
     return done
