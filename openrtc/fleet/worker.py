@@ -80,6 +80,7 @@ RETRY_S = 1.0
 """Pause after a failed fetch (the server is away): the client reconnects meanwhile."""
 CLOSE_TIMEOUT_S = 5.0
 """How long the pool's close waits for the last acks and naks to reach the server."""
+FLUSH_TIMEOUT_S = 2.0
 ADVISORY_MAX_DELIVER = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + STREAM + ".*"
 
 
@@ -146,8 +147,9 @@ class FleetHook(Hook):
         self._leases: dict[str, _Lease] = {}
         """Requests taken and not yet ended, by session id (written on the fleet thread only)."""
         self._claimed = 0
-        self._claimed_for: collections.Counter[str] = collections.Counter()
         """Slots held by fetches in flight and sessions being started (not yet in the pool's count)."""
+        self._claimed_for: collections.Counter[str] = collections.Counter()
+        """The same, by agent (for the per-agent cap)."""
         self._fetching = True
         self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
         """Fetchers waiting for their turn at a free slot, oldest first."""
@@ -193,7 +195,7 @@ class FleetHook(Hook):
         if self._thread is None:
             return
         self._call(self._close)
-        self._thread.join(CLOSE_TIMEOUT_S + 1.0)
+        self._thread.join(CLOSE_TIMEOUT_S + FLUSH_TIMEOUT_S + 1.0)
         if self._thread.is_alive():
             log.warning("the fleet's connection did not close in %.0f s", CLOSE_TIMEOUT_S)
         self._thread = None
@@ -242,7 +244,7 @@ class FleetHook(Hook):
         # Not `drain()`: with the server gone it leaves a failed gather behind (a logged traceback).
         if self._nc.is_connected:
             with contextlib.suppress(Exception):
-                await self._nc.flush(CLOSE_TIMEOUT_S)
+                await self._nc.flush(FLUSH_TIMEOUT_S)
         with contextlib.suppress(Exception):
             await self._nc.close()
 
@@ -619,8 +621,11 @@ class FleetHook(Hook):
                 log.warning(
                     "fleet: session %s had ended on another worker; this end not published", event.session_id
                 )
-        if ours:
-            await self._publish_end(event)
+                # Its request may be gone already (acked there): nothing to retry.
+                with contextlib.suppress(Exception):
+                    await lease.msg.ack()
+                return
+        await self._publish_end(event)
         await lease.msg.ack_sync()
         self.counts["acked"] += 1
 
