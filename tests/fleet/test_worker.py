@@ -87,6 +87,14 @@ def fleet_worker(agents: Path, home: Path, url: str, *flags: str) -> Worker:
     return Worker("start", agents, home, "--nats", url, "--log-dir", str(logs), *flags).ready()
 
 
+def join(workers: list[Worker], agents: Path, home: Path, url: str, *flags: str) -> Worker:
+    """A worker that has joined the fleet (killed at the test's end by the `workers` fixture)."""
+    worker = fleet_worker(agents, home, url, *flags)
+    workers.append(worker)
+    worker.wait_for_log("fleet: joined")
+    return worker
+
+
 def max_concurrent(events: list[Event], worker_id: str) -> int:
     """The most sessions `worker_id` ran at once, by the events' times (taken on the worker's loop)."""
     changes = sorted(
@@ -105,9 +113,7 @@ def test_a_worker_runs_what_is_dispatched_within_its_cap(
     nats_server: NatsServer, tmp_path: Path, sock_home: Path, workers: list[Worker]
 ) -> None:
     agents = write_agents(tmp_path / "agents", "sleeper")
-    worker = fleet_worker(agents, sock_home, nats_server.url, "--max-sessions", "4")
-    workers.append(worker)
-    worker.wait_for_log("fleet: joined")
+    worker = join(workers, agents, sock_home, nats_server.url, "--max-sessions", "4")
     ids = asyncio.run(dispatch_many(nats_server.url, "sleeper", 30, seconds=0.1))
     failing = asyncio.run(dispatch_many(nats_server.url, "sleeper", 1, fail=True))
     events = wait_for_ends(nats_server.url, ids + failing)
@@ -136,9 +142,7 @@ def test_a_bad_request_is_terminated_with_its_reason_logged(
     nats_server: NatsServer, tmp_path: Path, sock_home: Path, workers: list[Worker]
 ) -> None:
     agents = write_agents(tmp_path / "agents", "sleeper")
-    worker = fleet_worker(agents, sock_home, nats_server.url)
-    workers.append(worker)
-    worker.wait_for_log("fleet: joined")
+    worker = join(workers, agents, sock_home, nats_server.url)
 
     async def publish_bad() -> None:
         nc = await connect(nats_server.url)
@@ -161,9 +165,7 @@ def test_drain_hands_the_running_sessions_over(
     nats_server: NatsServer, tmp_path: Path, sock_home: Path, workers: list[Worker]
 ) -> None:
     agents = write_agents(tmp_path / "agents", "sleeper")
-    first = fleet_worker(agents, sock_home, nats_server.url, "--max-sessions", "3", "--drain-timeout", "0.5")
-    workers.append(first)
-    first.wait_for_log("fleet: joined")
+    first = join(workers, agents, sock_home, nats_server.url, "--max-sessions", "3", "--drain-timeout", "0.5")
     ids = asyncio.run(dispatch_many(nats_server.url, "sleeper", 3, seconds=3.0))
     first.wait_for_log("session started", count=3)
     assert first.stop(signal.SIGTERM) == 0
@@ -230,9 +232,7 @@ def test_dispatch_wait_prints_each_end_state(
     nats_server: NatsServer, tmp_path: Path, sock_home: Path, workers: list[Worker]
 ) -> None:
     agents = write_agents(tmp_path / "agents", "sleeper")
-    worker = fleet_worker(agents, sock_home, nats_server.url)
-    workers.append(worker)
-    worker.wait_for_log("fleet: joined")
+    join(workers, agents, sock_home, nats_server.url)
     url = nats_server.url
     ok = run_cli(
         "dispatch", "sleeper", "--nats", url, "--count", "3", "--wait", "--metadata", '{"seconds": 0.1}'
@@ -289,9 +289,7 @@ def test_a_nats_restart_loses_nothing(
 ) -> None:
     """Sessions running while the server restarts end once, and requests sent after it are taken."""
     agents = write_agents(tmp_path / "agents", "sleeper")
-    worker = fleet_worker(agents, sock_home, nats_server.url, "--max-sessions", "20")
-    workers.append(worker)
-    worker.wait_for_log("fleet: joined")
+    worker = join(workers, agents, sock_home, nats_server.url, "--max-sessions", "20")
     before = asyncio.run(dispatch_many(nats_server.url, "sleeper", 10, seconds=2.0))
     worker.wait_for_log("session started", count=10)
     port = nats_server.port
@@ -317,9 +315,7 @@ def test_a_request_past_max_deliver_is_reported_lost(
     from openrtc.fleet.protocol import durable
 
     agents = write_agents(tmp_path / "agents", "talker")
-    worker = fleet_worker(agents, sock_home, nats_server.url)
-    workers.append(worker)
-    worker.wait_for_log("fleet: joined")
+    worker = join(workers, agents, sock_home, nats_server.url)
 
     async def drop_twice() -> str:
         nc = await connect(nats_server.url)
@@ -513,9 +509,7 @@ def test_every_agent_gets_a_turn_with_fewer_slots_than_agents(
 ) -> None:
     """One slot, three agents: no agent's fetcher keeps the slot from the others (they take turns)."""
     agents = write_agents(tmp_path / "agents", "sleeper", "talker", "caller")
-    worker = fleet_worker(agents, sock_home, nats_server.url, "--max-sessions", "1")
-    workers.append(worker)
-    worker.wait_for_log("fleet: joined")
+    join(workers, agents, sock_home, nats_server.url, "--max-sessions", "1")
     ids = []
     for agent in ("talker", "caller", "sleeper"):
         ids += asyncio.run(dispatch_many(nats_server.url, agent, 2, seconds=0.05))
@@ -538,9 +532,7 @@ def test_the_per_agent_cap_holds_without_refusals(
     nats_server: NatsServer, tmp_path: Path, sock_home: Path, workers: list[Worker]
 ) -> None:
     agents = write_agents(tmp_path / "agents", "sleeper", "talker")
-    worker = fleet_worker(agents, sock_home, nats_server.url, "--max-sessions-per-agent", "2")
-    workers.append(worker)
-    worker.wait_for_log("fleet: joined")
+    worker = join(workers, agents, sock_home, nats_server.url, "--max-sessions-per-agent", "2")
     ids = asyncio.run(dispatch_many(nats_server.url, "sleeper", 10, seconds=0.2))
     events = wait_for_ends(nats_server.url, ids)
     (worker_id,) = {e.worker_id for e in events}
@@ -556,9 +548,7 @@ def test_a_copy_superseded_by_a_later_delivery_is_cancelled(
     open pull request). Whichever copy holds the older delivery is cancelled when it sees the newer
     start: one final end."""
     agents = write_agents(tmp_path / "agents", "sleeper")
-    frozen = fleet_worker(agents, sock_home, nats_server.url, "--max-sessions", "1", "--ack-wait", "2")
-    workers.append(frozen)
-    frozen.wait_for_log("fleet: joined")
+    frozen = join(workers, agents, sock_home, nats_server.url, "--max-sessions", "1", "--ack-wait", "2")
     (session_id,) = asyncio.run(dispatch_many(nats_server.url, "sleeper", 1, seconds=6))
     frozen.wait_for_log("session started")
     # Its default ack wait (30 s) does not change the consumer the first worker made.
