@@ -78,13 +78,19 @@ async def run_load(url: str, total: int, rate: float | None, seconds: float) -> 
     running: dict[str, tuple[float, str]] = {}
     ended: dict[str, float] = {}
     done = asyncio.Event()
+    # Sessions running on each worker right now, sampled every 0.5 s while the load is steady.
+    live: dict[str, int] = {}
+    samples: list[dict[str, int]] = []
 
     async def on_event(msg: Any) -> None:
         event = decode_event(msg.data)
         if event.state == "running":
             running[event.session_id] = (event.at, event.worker_id)
+            live[event.worker_id] = live.get(event.worker_id, 0) + 1
         elif event.final:
             ended[event.session_id] = time.time()
+            if event.session_id in running:
+                live[running[event.session_id][1]] -= 1
             if len(ended) == total:
                 done.set()
 
@@ -106,11 +112,16 @@ async def run_load(url: str, total: int, rate: float | None, seconds: float) -> 
                 )
         else:
             next_at = time.monotonic()
+            warm = next_at + seconds + 1.0
+            sampled = 0.0
             for _ in range(total):
                 request = make_request("bench", metadata={"seconds": seconds})
                 created[request.session_id] = request.created_at
                 await publish(js, "bench", metadata=request.metadata, session_id=request.session_id)
                 next_at += 1 / rate
+                if time.monotonic() > max(warm, sampled + 0.5):
+                    sampled = time.monotonic()
+                    samples.append(dict(live))
                 await asyncio.sleep(max(0.0, next_at - time.monotonic()))
         await asyncio.wait_for(done.wait(), 120 + total / 10)
         last = max(ended.values())
@@ -120,6 +131,8 @@ async def run_load(url: str, total: int, rate: float | None, seconds: float) -> 
     per_worker: dict[str, int] = {}
     for _, worker in running.values():
         per_worker[worker] = per_worker.get(worker, 0) + 1
+    workers = sorted(per_worker)
+    concurrent = [statistics.mean(sample.get(w, 0) for sample in samples) for w in workers] if samples else []
     return {
         "sessions": total,
         "seconds": round(last - first, 3),
@@ -127,6 +140,7 @@ async def run_load(url: str, total: int, rate: float | None, seconds: float) -> 
         "latency_ms_p50": round(statistics.median(latencies), 2),
         "latency_ms_p99": round(latencies[int(0.99 * (len(latencies) - 1))], 2),
         "per_worker": sorted(per_worker.values()),
+        "concurrent_per_worker": sorted(round(c, 1) for c in concurrent),
     }
 
 
@@ -157,9 +171,14 @@ def main() -> None:
                 }
                 if workers == 3:
                     # 60% of the fleet's 150 slots busy: 45 sessions/s of 2 s.
-                    result["balance"] = asyncio.run(run_load(server.url, 90 if q else 1350, 45.0, 2.0))
-                    counts = result["balance"]["per_worker"]
-                    result["balance"]["max_over_min"] = round(max(counts) / max(1, min(counts)), 3)
+                    result["balance"] = asyncio.run(run_load(server.url, 180 if q else 1350, 45.0, 2.0))
+                    balance = result["balance"]
+                    counts = balance["per_worker"]
+                    balance["max_over_min"] = round(max(counts) / max(1, min(counts)), 3)
+                    concurrent = balance["concurrent_per_worker"]
+                    balance["concurrent_max_over_min"] = (
+                        round(max(concurrent) / max(0.1, min(concurrent)), 3) if concurrent else None
+                    )
                 report[f"{workers}_workers"] = result
                 print(json.dumps({f"{workers}_workers": result}, indent=1), flush=True)
             finally:
