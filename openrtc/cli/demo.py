@@ -49,6 +49,15 @@ def default_agents_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "agents_example"
 
 
+def demo_agents(agents: Path | None) -> Path | None:
+    """The folder the demo runs (`agents`, else the examples); None, said on stderr, when it is missing."""
+    folder = agents or default_agents_dir()
+    if not folder.is_dir():
+        print(f"openrtc demo: agents folder {folder} not found; pass --agents DIR", file=sys.stderr)
+        return None
+    return folder
+
+
 def run_demo(
     agents: Path | None,
     duration: float | None,
@@ -57,9 +66,8 @@ def run_demo(
     status_every: float = 5.0,
     log_dir: Path | None = None,
 ) -> int:
-    folder = agents or default_agents_dir()
-    if not folder.is_dir():
-        print(f"openrtc demo: agents folder {folder} not found; pass --agents DIR", file=sys.stderr)
+    folder = demo_agents(agents)
+    if folder is None:
         return 1
     tui = tui and sys.stdout.isatty()
     home = ensure_private_dir(socket_dir())

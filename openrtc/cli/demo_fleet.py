@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-from openrtc.cli.demo import LOAD_MIX, TENANTS, default_agents_dir
+from openrtc.cli.demo import LOAD_MIX, TENANTS, demo_agents
 from openrtc.cli.llmsim import SimulatedLLM
 from openrtc.errors import OpenRTCError
 from openrtc.introspection.paths import ensure_private_dir, socket_dir
@@ -31,9 +31,8 @@ def run_fleet_demo(
 ) -> int:
     from openrtc.fleet.localserver import LocalNats
 
-    folder = agents or default_agents_dir()
-    if not folder.is_dir():
-        print(f"openrtc demo: agents folder {folder} not found; pass --agents DIR", file=sys.stderr)
+    folder = demo_agents(agents)
+    if folder is None:
         return 1
     tui = tui and sys.stdout.isatty()
     base = ensure_private_dir(socket_dir()) / f"demo-fleet-{os.getpid()}"

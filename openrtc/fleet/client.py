@@ -80,23 +80,29 @@ async def connect(url: str, name: str = "openrtc", **options: Any) -> Any:
         raise FleetError(f"no NATS server answers at {url}: {type(cause).__name__}: {cause}") from None
 
 
-async def ensure_stream(js: Any) -> None:
-    """The sessions stream: made when missing, checked when present."""
-    from nats.js.api import RetentionPolicy, StreamConfig
+async def _stream(js: Any, config: Any) -> Any:
+    """The stream's info; the stream is made from `config` when missing."""
     from nats.js.errors import NotFoundError
 
     try:
-        info = await js.stream_info(STREAM)
+        return await js.stream_info(config.name)
     except NotFoundError:
-        await js.add_stream(
-            StreamConfig(
-                name=STREAM,
-                subjects=[SUBJECT_PREFIX + "*"],
-                retention=RetentionPolicy.WORK_QUEUE,
-                duplicate_window=DUPLICATE_WINDOW_S,
-            )
-        )
-        return
+        return await js.add_stream(config)
+
+
+async def ensure_stream(js: Any) -> None:
+    """The sessions stream: made when missing, checked when present."""
+    from nats.js.api import RetentionPolicy, StreamConfig
+
+    info = await _stream(
+        js,
+        StreamConfig(
+            name=STREAM,
+            subjects=[SUBJECT_PREFIX + "*"],
+            retention=RetentionPolicy.WORK_QUEUE,
+            duplicate_window=DUPLICATE_WINDOW_S,
+        ),
+    )
     if info.config.retention != RetentionPolicy.WORK_QUEUE:
         raise FleetError(
             f"stream {STREAM} exists with {info.config.retention} retention; openrtc needs workqueue"
@@ -107,21 +113,19 @@ async def ensure_fleet(js: Any) -> Any:
     """Everything a worker needs: the sessions stream, the events stream, the bucket of ended
     sessions (returned)."""
     from nats.js.api import KeyValueConfig, RetentionPolicy, StreamConfig
-    from nats.js.errors import BucketNotFoundError, NotFoundError
+    from nats.js.errors import BucketNotFoundError
 
     await ensure_stream(js)
-    try:
-        await js.stream_info(EVENTS_STREAM)
-    except NotFoundError:
-        await js.add_stream(
-            StreamConfig(
-                name=EVENTS_STREAM,
-                subjects=[EVENTS_PREFIX + ">"],
-                retention=RetentionPolicy.LIMITS,
-                max_age=EVENTS_MAX_AGE_S,
-                duplicate_window=EVENTS_DUPLICATE_WINDOW_S,
-            )
-        )
+    await _stream(
+        js,
+        StreamConfig(
+            name=EVENTS_STREAM,
+            subjects=[EVENTS_PREFIX + ">"],
+            retention=RetentionPolicy.LIMITS,
+            max_age=EVENTS_MAX_AGE_S,
+            duplicate_window=EVENTS_DUPLICATE_WINDOW_S,
+        ),
+    )
     try:
         return await js.key_value(DONE_BUCKET)
     except BucketNotFoundError:

@@ -50,18 +50,15 @@ from openrtc.fleet.protocol import (
     EVENTS_STREAM,
     MAX_DELIVER,
     STREAM,
-    VIEW_EVERY_S,
-    WORKERS_BUCKET,
-    WORKERS_TTL_S,
     Event,
     FleetError,
     decode_event,
     decode_request,
     durable,
-    encode_view,
     event_subject,
     subject,
 )
+from openrtc.fleet.view import ViewWriter
 from openrtc.runtime.hooks import Hook
 from openrtc.usage.hook import end_record
 
@@ -157,7 +154,7 @@ class FleetHook(Hook):
         self._nc: Any = None
         self._js: Any = None
         self._done: Any = None
-        self._bucket: Any = None
+        self._view_writer: ViewWriter | None = None
         self._closing: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         """Requests being taken, sessions' ends being recorded: what the close waits for."""
@@ -236,7 +233,8 @@ class FleetHook(Hook):
         ]
         tasks.append(asyncio.create_task(self._progress_loop(), name="progress"))
         if self.snapshot is not None:
-            tasks.append(asyncio.create_task(self._view_loop(), name="view"))
+            self._view_writer = ViewWriter(self._js, self._worker_id, self.snapshot)
+            tasks.append(asyncio.create_task(self._view_writer.run(), name="view"))
         await self._stop.wait()
         for task in tasks:
             task.cancel()
@@ -737,35 +735,6 @@ class FleetHook(Hook):
 
     # -- the fleet view and control ----------------------------------------------------------------
 
-    async def _view_loop(self) -> None:
-        from nats.js.api import KeyValueConfig
-        from nats.js.errors import BucketNotFoundError
-
-        assert self.snapshot is not None
-        bucket = None
-        every = VIEW_EVERY_S
-        while True:
-            try:
-                if bucket is None:
-                    try:
-                        bucket = await self._js.key_value(WORKERS_BUCKET)
-                    except BucketNotFoundError:
-                        config = KeyValueConfig(bucket=WORKERS_BUCKET, ttl=WORKERS_TTL_S)
-                        bucket = await self._js.create_key_value(config)
-                self._bucket = bucket
-                # The snapshot is built on this thread, as the socket server builds it on its own.
-                # It holds the GIL (JSON and compression alone: 50 ms for 10,000 synthetic rows), so
-                # it takes at most a tenth of the time: a bigger worker puts less often.
-                began = time.perf_counter()
-                body = encode_view(self.snapshot())
-                every = max(VIEW_EVERY_S, 10 * (time.perf_counter() - began))
-                await bucket.put(self._worker_id, body)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.debug("fleet: view not put: %s", _describe(exc))
-            await asyncio.sleep(every)
-
     async def _on_control(self, msg: Any) -> None:
         assert self._control is not None
         try:
@@ -802,9 +771,8 @@ class FleetHook(Hook):
                     "after the ack wait, and run again unless their end reached the bucket",
                     len(self._leases),
                 )
-            if self._bucket is not None:  # out of the fleet view now, not at the bucket's expiry
-                with contextlib.suppress(Exception):
-                    await self._bucket.delete(self._worker_id)
+            if self._view_writer is not None:  # out of the fleet view now, not at the bucket's expiry
+                await self._view_writer.remove()
             assert self._stop is not None
             self._stop.set()
 
