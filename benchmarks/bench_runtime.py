@@ -55,8 +55,10 @@ def tagging_cost(loop_kind: str, rounds: int = 21, batch: int = 20_000) -> dict[
     `none` is what a user without openrtc pays; `passthrough` is a Python factory that only builds the
     task, the floor of any Python-level factory; `tagger` is ours (it tags the task and wraps its
     coroutine so each step is timed, as in a worker), with the active step timer (the C one when
-    built), and `tagger_python` the same with the pure-Python step timer. GC is collected before and
-    disabled during each batch so that one setting does not pay for another's garbage.
+    built, whose factory is C too), `tagger_python_factory` the C step timer behind the Python
+    factory (what issue 21 moved to C), and `tagger_python` the pure-Python step timer. GC is
+    collected before and disabled during each batch so that one setting does not pay for another's
+    garbage.
     """
 
     def passthrough(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
@@ -67,9 +69,19 @@ def tagging_cost(loop_kind: str, rounds: int = 21, batch: int = 20_000) -> dict[
         session = Session("bench", "bench", None, {}, {}, asyncio.Event())
         ctx = contextvars.copy_context()
         ctx.run(current_session.set, session)
-        samples: dict[str, list[float]] = {"none": [], "passthrough": [], "tagger": [], "tagger_python": []}
+        samples: dict[str, list[float]] = {
+            "none": [],
+            "passthrough": [],
+            "tagger": [],
+            "tagger_python_factory": [],
+            "tagger_python": [],
+        }
         order = list(samples)
-        timers = {"tagger": timing.ACTIVE, "tagger_python": timing.PYTHON}
+        timers = {
+            "tagger": timing.ACTIVE,
+            "tagger_python_factory": timing.ACTIVE,
+            "tagger_python": timing.PYTHON,
+        }
         # tags and times, as in a worker
         taggers = {name: TaskTagger(t.clock(float("inf"), lambda *_: None)) for name, t in timers.items()}
         for _ in range(rounds):
@@ -79,6 +91,8 @@ def tagging_cost(loop_kind: str, rounds: int = 21, batch: int = 20_000) -> dict[
                 if tagger is not None:
                     session.stats = timers[name].stats(session)
                     tagger.install(loop)
+                    if name == "tagger_python_factory":  # the C step timer behind the Python factory
+                        loop.set_task_factory(getattr(loop.get_task_factory(), "fallback", None))
                 elif name == "passthrough":
                     loop.set_task_factory(passthrough)
                 gc.collect()
@@ -96,8 +110,10 @@ def tagging_cost(loop_kind: str, rounds: int = 21, batch: int = 20_000) -> dict[
             "ns_per_task_passthrough_factory": med["passthrough"],
             "step_timer": timing.ACTIVE.name,
             "ns_per_task_tagger": med["tagger"],
+            "ns_per_task_tagger_python_factory": med["tagger_python_factory"],
             "ns_per_task_tagger_python": med["tagger_python"],
             "tagging_ns_vs_no_factory": med["tagger"] - med["none"],
+            "tagging_python_factory_ns_vs_no_factory": med["tagger_python_factory"] - med["none"],
             "tagging_python_ns_vs_no_factory": med["tagger_python"] - med["none"],
             "tagging_ns_vs_passthrough": med["tagger"] - med["passthrough"],
         }

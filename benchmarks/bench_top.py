@@ -136,16 +136,42 @@ class Worker:
         self._child.wait(30)
 
 
-def once_wall_ms(socket: Path, runs: int, *flags: str) -> dict[str, float]:
-    """Wall time of whole `openrtc top --once` processes (interpreter start included)."""
+def once_wall_ms(socket: Path, runs: int, *flags: str) -> dict[str, Any]:
+    """Wall time of whole `openrtc top --once` processes (interpreter start included), each run paired
+    with a `python -c pass` (the floor on this machine at that moment); p99 of both and their ratio."""
     openrtc = str(Path(sys.executable).with_name("openrtc"))
     command = [openrtc, "top", "--once", "--socket", str(socket), *flags]
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-        times.append((time.perf_counter() - started) * 1000)
-    return pcts(times)
+    floor = [sys.executable, "-c", "pass"]
+    times: list[float] = []
+    bare: list[float] = []
+    for i in range(runs):
+        for argv, into in (
+            ((command, times), (floor, bare)) if i % 2 == 0 else ((floor, bare), (command, times))
+        ):
+            started = time.perf_counter()
+            subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+            into.append((time.perf_counter() - started) * 1000)
+    once, python = pcts(times), pcts(bare)
+    return {**once, "python_c_pass": python, "p99_over_python_c_pass": round(once["p99"] / python["p99"], 2)}
+
+
+def imports_ms(*argv: str) -> dict[str, float]:
+    """`python -X importtime` of a command: the cumulative import time of its top-level modules (ms),
+    the largest first."""
+    child = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "openrtc.cli.main", *argv],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    top: dict[str, float] = {}
+    for line in child.stderr.splitlines():
+        parts = line.split("|")
+        top_level = len(parts) == 3 and not parts[2].startswith("  ") and parts[1].strip().isdigit()
+        if line.startswith("import time:") and top_level:
+            top[parts[2].strip()] = int(parts[1]) / 1000
+    ranked = sorted(top.items(), key=lambda kv: -kv[1])
+    return {"total": round(sum(top.values()), 1), **{name: round(ms, 1) for name, ms in ranked[:8]}}
 
 
 def main() -> None:
@@ -153,13 +179,20 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=10_000, help="sessions behind the live view")
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--refresh", type=float, default=1.0)
-    parser.add_argument("--once-runs", type=int, default=20, help="`top --once` runs against 1,000 sessions")
+    parser.add_argument(
+        "--once-runs", type=int, default=50, help="`top --once` runs against 1,000 sessions (each paired)"
+    )
+    parser.add_argument("--once-only", action="store_true", help="only `top --once` against 1,000 sessions")
     args = parser.parse_args()
     with Worker(1000) as worker:
         once = {
             "text": once_wall_ms(worker.socket, args.once_runs),
             "json": once_wall_ms(worker.socket, args.once_runs, "--json"),
+            "imports_ms": imports_ms("top", "--once", "--socket", str(worker.socket)),
         }
+    if args.once_only:
+        print(json.dumps(once, indent=2))
+        return
     with Worker(args.sessions) as worker:
         result = asyncio.run(drive(LiveSource(worker.socket, timeout=10.0), args.refresh, args.seconds))
     out = {

@@ -443,6 +443,196 @@ static PyTypeObject TimedType = {
     .tp_members = timed_members,
 };
 
+/* -- TaskFactory ---------------------------------------------------------------------------- */
+
+/* The tagging task factory's common call in C: `factory(loop, coro)` or `factory(loop, coro,
+   context=ctx)` with no factory underneath. A factory written in Python costs a Python call with
+   keyword arguments per task, several times what tagging itself costs; this one reads the session,
+   wraps the coroutine, builds the task and files it without a Python frame. Any other call (more
+   keyword arguments, a context that is not a `Context`) goes to `fallback`, the Python factory, which
+   does the same things the general way. */
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *task_type;      /* asyncio.Task */
+    PyObject *var;            /* the session's ContextVar (its default is None) */
+    PyTypeObject *wrapper;    /* TimedCoroutine or a subclass */
+    StepClockObject *clock;
+    PyObject *fallback;
+} FactoryObject;
+
+static PyObject *str_stats;          /* "stats" */
+static PyObject *str_context;        /* "context" */
+static PyObject *kw_loop_context;    /* ("loop", "context") */
+
+static int
+factory_traverse(FactoryObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->task_type);
+    Py_VISIT(self->var);
+    Py_VISIT(self->wrapper);
+    Py_VISIT(self->clock);
+    Py_VISIT(self->fallback);
+    return 0;
+}
+
+static int
+factory_clear(FactoryObject *self)
+{
+    Py_CLEAR(self->task_type);
+    Py_CLEAR(self->var);
+    Py_CLEAR(self->wrapper);
+    Py_CLEAR(self->clock);
+    Py_CLEAR(self->fallback);
+    return 0;
+}
+
+static void
+factory_dealloc(FactoryObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    factory_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+factory_vectorcall(FactoryObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    PyObject *context = NULL;
+    if (nargs != 2 || nkw > 1) {
+        return PyObject_Vectorcall(self->fallback, args, nargsf, kwnames);
+    }
+    if (nkw == 1) {
+        PyObject *name = PyTuple_GET_ITEM(kwnames, 0);
+        if (name != str_context && PyUnicode_Compare(name, str_context) != 0) {
+            return PyObject_Vectorcall(self->fallback, args, nargsf, kwnames);
+        }
+        context = args[2];
+        if (context == Py_None) {
+            context = NULL;
+        }
+        else if (!PyContext_CheckExact(context)) {
+            return PyObject_Vectorcall(self->fallback, args, nargsf, kwnames);
+        }
+    }
+    PyObject *loop = args[0];
+    PyObject *coro = args[1];
+
+    PyObject *session;
+    if (context == NULL) {
+        if (PyContextVar_Get(self->var, NULL, &session) < 0) {
+            return NULL;
+        }
+    }
+    else {
+        session = PyObject_GetItem(context, self->var);
+        if (session == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_KeyError)) {
+                return NULL;
+            }
+            PyErr_Clear();  /* not set in that context: the default, None */
+        }
+    }
+    PyObject *stats = NULL;
+    if (session != NULL && session != Py_None) {
+        stats = PyObject_GetAttr(session, str_stats);
+        if (stats == NULL) {
+            Py_DECREF(session);
+            return NULL;
+        }
+        if (stats == Py_None) {
+            Py_CLEAR(stats);
+        }
+        else if (!PyObject_TypeCheck(stats, &SessionStatsType)) {
+            /* The Python step timer's stats: the Python factory wraps for it. */
+            Py_DECREF(stats);
+            Py_DECREF(session);
+            return PyObject_Vectorcall(self->fallback, args, nargsf, kwnames);
+        }
+    }
+
+    PyObject *target = coro;
+    if (stats != NULL) {
+        TimedObject *wrapped = (TimedObject *)self->wrapper->tp_alloc(self->wrapper, 0);
+        if (wrapped == NULL) {
+            Py_DECREF(stats);
+            Py_DECREF(session);
+            return NULL;
+        }
+        wrapped->wrapped = Py_NewRef(coro);
+        wrapped->stats = (SessionStatsObject *)stats;  /* the reference moves to the wrapper */
+        wrapped->clock = (StepClockObject *)Py_NewRef((PyObject *)self->clock);
+        target = (PyObject *)wrapped;
+    }
+    PyObject *task = PyObject_Vectorcall(
+        self->task_type, (PyObject *[]){target, loop, context == NULL ? Py_None : context}, 1,
+        kw_loop_context);
+    if (stats != NULL) {
+        Py_DECREF(target);
+    }
+    if (task != NULL && stats != NULL) {
+        /* Not started yet: it cannot have ended, so the wrapper will find its entry. */
+        PyObject *tasks = PyObject_GetAttr(session, str_tasks);
+        if (tasks == NULL || PyObject_SetItem(tasks, coro, task) < 0) {
+            Py_CLEAR(task);
+        }
+        Py_XDECREF(tasks);
+    }
+    Py_XDECREF(session);
+    return task;
+}
+
+static PyObject *
+factory_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"task_type", "var", "wrapper", "clock", "fallback", NULL};
+    PyObject *task_type, *var, *wrapper, *clock, *fallback;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!O!O!O:TaskFactory", kwlist, &task_type,
+                                     &PyContextVar_Type, &var, &PyType_Type, &wrapper,
+                                     &StepClockType, &clock, &fallback)) {
+        return NULL;
+    }
+    if (!PyType_IsSubtype((PyTypeObject *)wrapper, &TimedType)) {
+        PyErr_SetString(PyExc_TypeError, "wrapper must be TimedCoroutine or a subclass");
+        return NULL;
+    }
+    FactoryObject *self = (FactoryObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->vectorcall = (vectorcallfunc)factory_vectorcall;
+    self->task_type = Py_NewRef(task_type);
+    self->var = Py_NewRef(var);
+    self->wrapper = (PyTypeObject *)Py_NewRef(wrapper);
+    self->clock = (StepClockObject *)Py_NewRef(clock);
+    self->fallback = Py_NewRef(fallback);
+    return (PyObject *)self;
+}
+
+static PyMemberDef factory_members[] = {
+    {"fallback", T_OBJECT, offsetof(FactoryObject, fallback), READONLY,
+     "The Python factory, for the calls this one does not take."},
+    {NULL}
+};
+
+static PyTypeObject FactoryType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "openrtc.introspection._steps.TaskFactory",
+    .tp_doc = "The tagging task factory's common call, in C (see tagging.py).",
+    .tp_basicsize = sizeof(FactoryObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_new = factory_new,
+    .tp_dealloc = (destructor)factory_dealloc,
+    .tp_traverse = (traverseproc)factory_traverse,
+    .tp_clear = (inquiry)factory_clear,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(FactoryObject, vectorcall),
+    .tp_members = factory_members,
+};
+
 /* -- module --------------------------------------------------------------------------------- */
 
 static struct PyModuleDef steps_module = {
@@ -458,11 +648,23 @@ PyInit__steps(void)
     str_tasks = PyUnicode_InternFromString("tasks");
     str_throw = PyUnicode_InternFromString("throw");
     str_close = PyUnicode_InternFromString("close");
-    if (str_tasks == NULL || str_throw == NULL || str_close == NULL) {
+    str_stats = PyUnicode_InternFromString("stats");
+    str_context = PyUnicode_InternFromString("context");
+    if (str_tasks == NULL || str_throw == NULL || str_close == NULL || str_stats == NULL ||
+        str_context == NULL) {
+        return NULL;
+    }
+    PyObject *str_loop = PyUnicode_InternFromString("loop");
+    if (str_loop == NULL) {
+        return NULL;
+    }
+    kw_loop_context = PyTuple_Pack(2, str_loop, str_context);
+    Py_DECREF(str_loop);
+    if (kw_loop_context == NULL) {
         return NULL;
     }
     if (PyType_Ready(&StepClockType) < 0 || PyType_Ready(&SessionStatsType) < 0 ||
-        PyType_Ready(&TimedType) < 0) {
+        PyType_Ready(&TimedType) < 0 || PyType_Ready(&FactoryType) < 0) {
         return NULL;
     }
     PyObject *m = PyModule_Create(&steps_module);
@@ -471,7 +673,8 @@ PyInit__steps(void)
     }
     if (PyModule_AddObjectRef(m, "StepClock", (PyObject *)&StepClockType) < 0 ||
         PyModule_AddObjectRef(m, "SessionStats", (PyObject *)&SessionStatsType) < 0 ||
-        PyModule_AddObjectRef(m, "TimedCoroutine", (PyObject *)&TimedType) < 0) {
+        PyModule_AddObjectRef(m, "TimedCoroutine", (PyObject *)&TimedType) < 0 ||
+        PyModule_AddObjectRef(m, "TaskFactory", (PyObject *)&FactoryType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -21,7 +21,7 @@ from collections.abc import Coroutine, Generator
 from contextvars import Context
 from typing import Any
 
-from openrtc.introspection.timing import NestedTimedCoroutine, StepClock, timer_of
+from openrtc.introspection.timing import NATIVE, NATIVE_FACTORY, NestedTimedCoroutine, StepClock, timer_of
 from openrtc.runtime.session import Session, current_session
 
 TaskFactory = Any  # asyncio's own annotation for task factories differs across 3.11-3.13
@@ -102,6 +102,10 @@ def _make_factory(previous: TaskFactory | None, clock: StepClock) -> TaskFactory
             return previous(loop, coro, **kwargs)  # type: ignore[no-any-return]
         return previous(loop, coro, context=context, **kwargs)  # type: ignore[no-any-return]
 
+    if previous is None and lean is NATIVE and NATIVE_FACTORY is not None:
+        # The common call in C, without a Python frame (`_steps.TaskFactory`); this function for the
+        # others (a `name=` or other keyword, a session timed by the Python step timer).
+        return NATIVE_FACTORY(new_task, current_session, lean.wrapper, clock, factory)
     return factory
 
 

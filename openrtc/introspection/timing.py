@@ -269,6 +269,8 @@ NATIVE = (
     else StepTimer("c", _steps.StepClock, _steps.SessionStats, CTimedCoroutine, filled=False)
 )
 """The C step timer, or None when the extension was not built."""
+NATIVE_FACTORY: Any = None if _steps is None else _steps.TaskFactory
+"""The tagging task factory's common call in C (see tagging.py), or None."""
 ACTIVE = PYTHON if NATIVE is None or os.environ.get("OPENRTC_PURE_PYTHON") == "1" else NATIVE
 """The step timer the worker uses."""
 

@@ -302,3 +302,52 @@ def test_finished_tasks_do_not_accumulate(run_loop: Any) -> None:
 
     run_loop(main())
     assert max(sizes) == 1  # the root: each frame's task is gone once its coroutine has returned
+
+
+def test_the_common_call_is_served_in_c_and_every_other_by_the_python_factory(
+    run_loop: Any, step_timer: timing.StepTimer
+) -> None:
+    """With the C step timer the installed factory is `_steps.TaskFactory`: `(loop, coro)` and
+    `(loop, coro, context=ctx)` are tagged in C; a call with other keywords goes to the Python factory,
+    with the same outcome; a task of no session is left alone."""
+    import contextvars
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        tagger = TaskTagger(step_timer.clock(float("inf"), lambda *_: None))
+        tagger.install(loop)
+        factory = loop.get_task_factory()
+        try:
+            in_c = step_timer is timing.NATIVE
+            assert (type(factory) is timing.NATIVE_FACTORY) == in_c
+            session = Session("s1", "a", None, {}, {}, asyncio.Event())
+            session.stats = step_timer.stats(session)
+            ctx = contextvars.copy_context()
+            ctx.run(current_session.set, session)
+
+            async def nothing() -> str:
+                await asyncio.sleep(0)
+                return "done"
+
+            coros = [nothing(), nothing(), nothing()]
+            tasks = [
+                factory(loop, coros[0], context=ctx),  # uvloop's call
+                ctx.run(factory, loop, coros[1]),  # asyncio's: the current context
+                factory(loop, coros[2], context=ctx, name="named"),  # to the Python factory
+            ]
+            for coro, task in zip(coros, tasks, strict=True):
+                assert session.tasks[coro] is task
+                assert isinstance(task.get_coro(), step_timer.wrapper)
+            assert tasks[2].get_name() == "named"
+            plain = nothing()
+            untagged = factory(loop, plain)  # no session in this context
+            assert untagged.get_coro() is plain
+            assert await asyncio.gather(*tasks, untagged) == ["done"] * 4
+            assert session.tasks == {}  # each left the session when it ended
+            assert session.stats.busy_s > 0
+            with pytest.raises(TypeError):
+                factory(loop)
+        finally:
+            tagger.uninstall()
+
+    run_loop(main())
