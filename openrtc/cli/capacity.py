@@ -12,13 +12,14 @@ from typing import Any
 from openrtc.capacity.arch import DTYPE_BYTES, MODELS, load
 from openrtc.capacity.classes import DEFAULT_TEXT, Classes
 from openrtc.capacity.plan import CONTEXTS, GPUS_GB, MAX_SEQS, RESERVE, Plan, parse_mix, plan
+from openrtc.cli.parser import SUMMARIES
 from openrtc.errors import ConfigError, OpenRTCError
 
 
 def add_parser(sub: Any) -> None:
     capacity = sub.add_parser(
         "capacity",
-        help="plan GPUs for a workload mix",
+        help=SUMMARIES["capacity"],
         description="Capacity planning for self-served models.",
     )
     commands = capacity.add_subparsers(dest="capacity_command", metavar="CAPACITY_COMMAND", required=True)

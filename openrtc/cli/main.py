@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from openrtc.cli.env import STATS_TWINS, WORKER_TWINS, env_defaults
-from openrtc.cli.parser import build_parser
+from openrtc.cli.parser import build_parser, command_of
 from openrtc.errors import ConfigError, OpenRTCError, RemoteError, WorkerNotFound
 
 log = logging.getLogger("openrtc.cli")
@@ -32,8 +32,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    parser = build_parser()
     args_list = list(sys.argv[1:] if argv is None else argv)
+    only = command_of(args_list)
+    parser = build_parser(only=only)
     args = parser.parse_args(args_list)
     if args.command in ("dev", "start"):
         try:
@@ -41,7 +42,7 @@ def _main(argv: Sequence[str] | None) -> int:
         except ConfigError as exc:
             parser.commands[args.command].error(str(exc))
         # Flags beat the environment: re-parse with the environment as defaults.
-        parser = build_parser(worker_defaults=defaults)
+        parser = build_parser(worker_defaults=defaults, only=only)
         args = parser.parse_args(args_list)
         return _run_worker(parser.commands[args.command], args, reload=args.command == "dev")
     if args.command == "stats":

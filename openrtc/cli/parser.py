@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
+import importlib
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from openrtc import __version__
-from openrtc.capacity.classes import DEFAULT_TEXT as DEFAULT_CLASSES
 from openrtc.cli.env import non_negative_float, port, positive_float, positive_int
-from openrtc.fleet.protocol import ACK_WAIT_S, MAX_DELIVER
-from openrtc.top.view import SORT_KEYS, STATES
 
 
 class Parser(argparse.ArgumentParser):
@@ -22,6 +20,9 @@ class Parser(argparse.ArgumentParser):
 
 
 def _worker_flags(parser: argparse.ArgumentParser) -> None:
+    from openrtc.capacity.classes import DEFAULT_TEXT as DEFAULT_CLASSES
+    from openrtc.fleet.protocol import ACK_WAIT_S, MAX_DELIVER
+
     g = parser.add_argument_group("worker options (each has an OPENRTC_* environment twin)")
     g.add_argument(
         "--isolation",
@@ -189,148 +190,183 @@ def _worker_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser(worker_defaults: dict[str, Any] | None = None) -> Parser:
+SUMMARIES = {
+    "dev": "run a worker for development, reloading agent files on save",
+    "start": "run a worker for production (no reload)",
+    "dispatch": "start sessions on a running worker and print their ids",
+    "list": "show the agents a folder defines and the files that fail",
+    "top": "live view of every session of every local worker (--once: print one snapshot)",
+    "stats": "what sessions did and cost, from the event log",
+    "capacity": "plan GPUs for a workload mix",
+    "profile": "CPU profile of a worker's sessions, or token / tool / wall-time profiles from the event log",
+    "demo": "run a worker on agents_example/ with a steady mixed load, and top on it",
+}
+"""Each command's line in `openrtc --help`."""
+
+
+def command_of(argv: Sequence[str]) -> str | None:
+    """The command `argv` runs, when its first word names one."""
+    return argv[0] if argv and argv[0] in SUMMARIES else None
+
+
+def build_parser(worker_defaults: dict[str, Any] | None = None, only: str | None = None) -> Parser:
+    """The whole CLI; with `only`, that command's flags alone (the others are listed without theirs):
+    what one run needs, without importing what every other command's flags need (`top --once` and
+    `stats` start in a fresh process each time)."""
     parser = Parser(prog="openrtc", description="Run many agent sessions in one Python worker.")
     parser.add_argument("--version", action="version", version=f"openrtc {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=Parser)
     parser.commands = sub.choices
 
-    dev = sub.add_parser(
+    def command(name: str, description: str) -> Parser | None:
+        if only is not None and only != name:
+            sub.add_parser(name, help=SUMMARIES[name])
+            return None
+        new: Parser = sub.add_parser(name, help=SUMMARIES[name], description=description)
+        return new
+
+    dev = command(
         "dev",
-        help="run a worker for development, reloading agent files on save",
-        description="Run a worker on AGENTS_DIR; a saved agent file is re-imported: new sessions "
+        "Run a worker on AGENTS_DIR; a saved agent file is re-imported: new sessions "
         "use the new code, running ones finish on the old, a broken save keeps the old.",
     )
-    dev.add_argument("agents_dir", metavar="AGENTS_DIR")
-    _worker_flags(dev)
-    dev.set_defaults(**(worker_defaults or {}))
-    start = sub.add_parser(
+    if dev is not None:
+        dev.add_argument("agents_dir", metavar="AGENTS_DIR")
+        _worker_flags(dev)
+        dev.set_defaults(**(worker_defaults or {}))
+    start = command(
         "start",
-        help="run a worker for production (no reload)",
-        description="Run a worker on AGENTS_DIR until SIGTERM/SIGINT, then drain and exit 0.",
+        "Run a worker on AGENTS_DIR until SIGTERM/SIGINT, then drain and exit 0.",
     )
-    start.add_argument("agents_dir", metavar="AGENTS_DIR")
-    _worker_flags(start)
-    start.set_defaults(**(worker_defaults or {}))
+    if start is not None:
+        start.add_argument("agents_dir", metavar="AGENTS_DIR")
+        _worker_flags(start)
+        start.set_defaults(**(worker_defaults or {}))
 
-    dispatch = sub.add_parser(
+    dispatch = command(
         "dispatch",
-        help="start sessions on a running worker and print their ids",
-        description="Start sessions of AGENT. With several workers, picks the one with the most "
+        "Start sessions of AGENT. With several workers, picks the one with the most "
         "free capacity; --socket chooses one.",
     )
-    dispatch.add_argument("agent", metavar="AGENT")
-    dispatch.add_argument("--tenant", help="tenant of the sessions")
-    dispatch.add_argument(
-        "--metadata", default="{}", metavar="JSON", help="a JSON object given to each session"
-    )
-    dispatch.add_argument(
-        "--count", type=positive_int, default=1, metavar="N", help="how many sessions (default: 1)"
-    )
-    dispatch.add_argument("--socket", metavar="PATH", help="the worker's socket (default: pick one)")
-    dispatch.add_argument(
-        "--nats",
-        metavar="URL",
-        help="dispatch to the fleet at URL instead (nats://HOST:PORT): the requests wait in its stream "
-        "for a worker with room [OPENRTC_NATS_URL]",
-    )
-    dispatch.add_argument(
-        "--wait",
-        action="store_true",
-        help="with --nats: wait until every session ends and print its end state, worker and, when "
-        "it ran more than once, its delivery (exit 1 when any did not end well)",
-    )
-    dispatch.add_argument(
-        "--timeout",
-        type=positive_float,
-        default=10.0,
-        metavar="S",
-        help="seconds to wait for the worker (default: 10)",
-    )
+    if dispatch is not None:
+        dispatch.add_argument("agent", metavar="AGENT")
+        dispatch.add_argument("--tenant", help="tenant of the sessions")
+        dispatch.add_argument(
+            "--metadata", default="{}", metavar="JSON", help="a JSON object given to each session"
+        )
+        dispatch.add_argument(
+            "--count", type=positive_int, default=1, metavar="N", help="how many sessions (default: 1)"
+        )
+        dispatch.add_argument("--socket", metavar="PATH", help="the worker's socket (default: pick one)")
+        dispatch.add_argument(
+            "--nats",
+            metavar="URL",
+            help="dispatch to the fleet at URL instead (nats://HOST:PORT): the requests wait in its stream "
+            "for a worker with room [OPENRTC_NATS_URL]",
+        )
+        dispatch.add_argument(
+            "--wait",
+            action="store_true",
+            help="with --nats: wait until every session ends and print its end state, worker and, when "
+            "it ran more than once, its delivery (exit 1 when any did not end well)",
+        )
+        dispatch.add_argument(
+            "--timeout",
+            type=positive_float,
+            default=10.0,
+            metavar="S",
+            help="seconds to wait for the worker (default: 10)",
+        )
 
-    lst = sub.add_parser(
+    lst = command(
         "list",
-        help="show the agents a folder defines and the files that fail",
-        description="Import every agent file of AGENTS_DIR. Exit 0 when all load, 1 when any fails.",
+        "Import every agent file of AGENTS_DIR. Exit 0 when all load, 1 when any fails.",
     )
-    lst.add_argument("agents_dir", metavar="AGENTS_DIR")
-    lst.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    top = sub.add_parser(
+    if lst is not None:
+        lst.add_argument("agents_dir", metavar="AGENTS_DIR")
+        lst.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    top = command(
         "top",
-        help="live view of every session of every local worker (--once: print one snapshot)",
-        description="Live view of the sessions of every worker of this user (press ? in it for the keys). "
+        "Live view of the sessions of every worker of this user (press ? in it for the keys). "
         "--once prints one snapshot as a table (or JSON with --json) and exits: 0 on success, 1 when no "
         "worker answers. The table has no colour when stdout is not a terminal or NO_COLOR is set.",
     )
-    top.add_argument("--once", action="store_true", help="print one snapshot and exit")
-    top.add_argument(
-        "--refresh",
-        type=positive_float,
-        default=1.0,
-        metavar="S",
-        help="live view: seconds between refreshes (default: 1)",
-    )
-    top.add_argument("--json", action="store_true", help="with --once: print the snapshot schema as JSON")
-    top.add_argument("--socket", type=Path, metavar="PATH", help="one worker's socket (default: all workers)")
-    top.add_argument(
-        "--nats",
-        metavar="URL",
-        help="every worker of the fleet at URL (nats://HOST:PORT), from its view bucket, instead of "
-        "this machine's sockets",
-    )
-    top.add_argument("--sort", choices=SORT_KEYS, default="cpu", help="sort sessions by (default: cpu)")
-    top.add_argument("--agent", help="only sessions of this agent")
-    top.add_argument("--tenant", help="only sessions of this tenant")
-    top.add_argument("--class", dest="token_class", metavar="CLASS", help="only sessions of this token class")
-    top.add_argument("--status", choices=STATES, help="only sessions in this state")
-    top.add_argument(
-        "--session",
-        metavar="ID",
-        help="with --once: one session in full (its fields, recent blocks and their stacks); an id "
-        "prefix will do",
-    )
+    if top is not None:
+        from openrtc.top.view import SORT_KEYS, STATES
 
-    from openrtc.cli.capacity import add_parser as add_capacity
-    from openrtc.cli.profile import add_parser as add_profile
-    from openrtc.cli.stats import add_parser as add_stats
+        top.add_argument("--once", action="store_true", help="print one snapshot and exit")
+        top.add_argument(
+            "--refresh",
+            type=positive_float,
+            default=1.0,
+            metavar="S",
+            help="live view: seconds between refreshes (default: 1)",
+        )
+        top.add_argument("--json", action="store_true", help="with --once: print the snapshot schema as JSON")
+        top.add_argument(
+            "--socket", type=Path, metavar="PATH", help="one worker's socket (default: all workers)"
+        )
+        top.add_argument(
+            "--nats",
+            metavar="URL",
+            help="every worker of the fleet at URL (nats://HOST:PORT), from its view bucket, instead of "
+            "this machine's sockets",
+        )
+        top.add_argument("--sort", choices=SORT_KEYS, default="cpu", help="sort sessions by (default: cpu)")
+        top.add_argument("--agent", help="only sessions of this agent")
+        top.add_argument("--tenant", help="only sessions of this tenant")
+        top.add_argument(
+            "--class", dest="token_class", metavar="CLASS", help="only sessions of this token class"
+        )
+        top.add_argument("--status", choices=STATES, help="only sessions in this state")
+        top.add_argument(
+            "--session",
+            metavar="ID",
+            help="with --once: one session in full (its fields, recent blocks and their stacks); an id "
+            "prefix will do",
+        )
 
-    add_stats(sub)
-    add_capacity(sub)
-    add_profile(sub)
+    for name in ("stats", "capacity", "profile"):  # each in a module of its own
+        if only is None or only == name:
+            importlib.import_module(f"openrtc.cli.{name}").add_parser(sub)
+        else:
+            sub.add_parser(name, help=SUMMARIES[name])
 
-    demo = sub.add_parser(
+    demo = command(
         "demo",
-        help="run a worker on agents_example/ with a steady mixed load, and top on it",
-        description="Start a worker on agents_example/ in a child process, drive a steady mixed load "
+        "Start a worker on agents_example/ in a child process, drive a steady mixed load "
         "(a few sessions misbehave) and open the live `openrtc top` on it. Quitting top (q) or Ctrl-C "
         "stops the load and drains the worker. --no-tui (or a stdout that is not a terminal) prints "
         "the `top --once` table every 5 s instead. The chat agents call a simulated LLM the demo "
         "starts on loopback (no network): their tokens and cost are made up, realistic in shape.",
     )
-    demo.add_argument(
-        "--no-tui", action="store_true", help="print the table every 5 s instead of the live view"
-    )
-    demo.add_argument("--agents", type=Path, metavar="DIR", help="agents folder (default: agents_example/)")
-    demo.add_argument(
-        "--duration", type=positive_float, metavar="S", help="stop after S seconds (default: never)"
-    )
-    demo.add_argument(
-        "--rate",
-        type=positive_float,
-        default=5.0,
-        metavar="N",
-        help="sessions started per second (default: 5)",
-    )
-    demo.add_argument(
-        "--log-dir",
-        type=Path,
-        metavar="DIR",
-        help="the worker's event log, for `openrtc stats` (default: a new folder next to its socket)",
-    )
-    demo.add_argument(
-        "--fleet",
-        action="store_true",
-        help="a fleet instead (make demo-fleet): a local nats-server, three workers that join it, the "
-        "load dispatched over NATS, and `top --nats` on it",
-    )
+    if demo is not None:
+        demo.add_argument(
+            "--no-tui", action="store_true", help="print the table every 5 s instead of the live view"
+        )
+        demo.add_argument(
+            "--agents", type=Path, metavar="DIR", help="agents folder (default: agents_example/)"
+        )
+        demo.add_argument(
+            "--duration", type=positive_float, metavar="S", help="stop after S seconds (default: never)"
+        )
+        demo.add_argument(
+            "--rate",
+            type=positive_float,
+            default=5.0,
+            metavar="N",
+            help="sessions started per second (default: 5)",
+        )
+        demo.add_argument(
+            "--log-dir",
+            type=Path,
+            metavar="DIR",
+            help="the worker's event log, for `openrtc stats` (default: a new folder next to its socket)",
+        )
+        demo.add_argument(
+            "--fleet",
+            action="store_true",
+            help="a fleet instead (make demo-fleet): a local nats-server, three workers that join it, the "
+            "load dispatched over NATS, and `top --nats` on it",
+        )
     return parser

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from openrtc.cli.env import positive_float
+from openrtc.cli.parser import SUMMARIES
 from openrtc.errors import ConfigError, OpenRTCError
 
 KINDS = ("cpu", "tokens", "tools", "wall")
@@ -25,7 +26,7 @@ REPORT_WINDOW_S = 3600.0
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(
         "profile",
-        help="CPU profile of a worker's sessions, or token / tool / wall-time profiles from the event log",
+        help=SUMMARIES["profile"],
         description="cpu (the default): record the loop thread of a running worker for --seconds and "
         "stamp each sample with the session whose step runs (idle, outside, gc and cpu-wait for the "
         "rest); in process isolation each session's own process samples itself at the same time. "

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from openrtc.cli.parser import SUMMARIES
 from openrtc.errors import ConfigError, OpenRTCError
 from openrtc.stats import report
 from openrtc.stats.summary import SessionSummary, from_events, load_session, load_summaries, scan
@@ -58,7 +59,7 @@ EXPORT_COLUMNS = (
 def add_parser(sub: Any) -> None:
     stats = sub.add_parser(
         "stats",
-        help="what sessions did and cost, from the event log",
+        help=SUMMARIES["stats"],
         description="Read the event log back: usage over a window, the latest sessions, one session's "
         "timeline, two sessions side by side, an export. Exit 0; 1 when nothing matches; 2 for bad flags.",
     )

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import secrets
 import socket
 import stat
 import tempfile
@@ -113,7 +112,7 @@ def bind_worker_socket(path: Path, dir_fd: int | None = None) -> socket.socket:
     folder = str(path.parent)
     if dir_fd is not None and os.path.isdir(f"/proc/self/fd/{dir_fd}"):
         folder = f"/proc/self/fd/{dir_fd}"
-    temporary = f"{folder}/.{path.name}.{secrets.token_hex(4)}"
+    temporary = f"{folder}/.{path.name}.{os.urandom(4).hex()}"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     step = "bind"
     try:
