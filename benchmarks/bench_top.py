@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from openrtc.introspection.selection import Selection
 from openrtc.top.app import make_app
 from openrtc.top.source import Fetch, LiveSource
 from openrtc.top.view import TablePlan
@@ -70,9 +71,9 @@ async def drive(source: LiveSource, refresh_s: float, seconds: float) -> dict[st
         folder = source.folder
         cancel = source.cancel
 
-        def fetch(self) -> Fetch:
+        def fetch(self, want: Selection | None = None) -> Fetch:
             started = time.perf_counter()
-            out = source.fetch()
+            out = source.fetch(want)
             fetch_ms.append((time.perf_counter() - started) * 1000)
             return out
 

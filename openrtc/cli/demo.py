@@ -27,7 +27,8 @@ from openrtc.errors import OpenRTCError, RemoteError
 from openrtc.introspection.client import WorkerClient
 from openrtc.introspection.paths import ensure_private_dir, socket_dir
 from openrtc.introspection.schema import from_dict
-from openrtc.top.view import Filters, render_text
+from openrtc.introspection.selection import Filters
+from openrtc.top.view import render_text
 
 # What a realistic mix looks like: mostly healthy sessions, a few misbehaving ones.
 LOAD_MIX = {

@@ -111,8 +111,8 @@ def _live_view(url: str, load: threading.Thread, stop: threading.Event) -> None:
 
 
 def _print_every(url: str, duration: float | None, every: float, stop: threading.Event) -> None:
+    from openrtc.introspection.selection import Filters
     from openrtc.top.once import run_once_fleet
-    from openrtc.top.view import Filters
 
     started = time.monotonic()
     while not stop.wait(every):

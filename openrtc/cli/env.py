@@ -59,6 +59,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    value = int(_number(text, int))
+    if value < 0:
+        raise BadValue(f"must be >= 0, got {text}")
+    return value
+
+
 def positive_float(text: str) -> float:
     value = _number(text, float)
     if not value > 0:

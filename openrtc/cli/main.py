@@ -272,11 +272,13 @@ def _pick_worker(workers: Sequence[Any]) -> Path:
 
 
 def _top(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from openrtc.introspection.selection import Filters
     from openrtc.top.once import run_once
-    from openrtc.top.view import Filters
 
     if args.json and not args.once:
         parser.error("--json needs --once")
+    if args.limit is not None and not args.once:
+        parser.error("--limit needs --once (the live view asks for the rows on screen)")
     if args.session and not args.once:
         parser.error("--session needs --once (in the live view, press enter on a row)")
     filters = Filters(agent=args.agent, tenant=args.tenant, status=args.status, token_class=args.token_class)
@@ -299,7 +301,9 @@ def _top(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return 0
     if args.once:
         color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-        return run_once(args.socket, args.json, filters, args.sort, color=color, session=args.session)
+        return run_once(
+            args.socket, args.json, filters, args.sort, color=color, session=args.session, limit=args.limit
+        )
     from openrtc.top.app import make_app
     from openrtc.top.source import LiveSource
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from openrtc import __version__
-from openrtc.cli.env import non_negative_float, port, positive_float, positive_int
+from openrtc.cli.env import non_negative_float, non_negative_int, port, positive_float, positive_int
 
 
 class Parser(argparse.ArgumentParser):
@@ -292,7 +292,7 @@ def build_parser(worker_defaults: dict[str, Any] | None = None, only: str | None
         "worker answers. The table has no colour when stdout is not a terminal or NO_COLOR is set.",
     )
     if top is not None:
-        from openrtc.top.view import SORT_KEYS, STATES
+        from openrtc.introspection.selection import SORT_KEYS, STATES
 
         top.add_argument("--once", action="store_true", help="print one snapshot and exit")
         top.add_argument(
@@ -303,6 +303,13 @@ def build_parser(worker_defaults: dict[str, Any] | None = None, only: str | None
             help="live view: seconds between refreshes (default: 1)",
         )
         top.add_argument("--json", action="store_true", help="with --once: print the snapshot schema as JSON")
+        top.add_argument(
+            "--limit",
+            type=non_negative_int,
+            metavar="N",
+            help="with --once: at most N sessions per worker, the first in --sort order, as the worker "
+            "selects them (default: 100 for the table, all for --json; 0: all)",
+        )
         top.add_argument(
             "--socket", type=Path, metavar="PATH", help="one worker's socket (default: all workers)"
         )

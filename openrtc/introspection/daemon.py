@@ -16,11 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from openrtc.errors import SessionRefused, UnknownAgentError
+from openrtc.errors import ProtocolError, SessionRefused, UnknownAgentError
 from openrtc.introspection.ledger import SUFFIX as LEDGER_SUFFIX
 from openrtc.introspection.ledger import LedgerWriter, report_and_clear
 from openrtc.introspection.monitor import Monitor
 from openrtc.introspection.paths import bind_worker_socket, ensure_private_dir, socket_dir
+from openrtc.introspection.selection import Selection, selection_from_wire
 from openrtc.introspection.server import OpHandler, Respond, Server
 from openrtc.introspection.snapshot import build_snapshot
 from openrtc.introspection.wire import PROTOCOL_VERSION, encode_frame, error_reply, ok_reply
@@ -69,7 +70,7 @@ class Daemon:
         """The socket's folder, held open: the socket and the ledger are removed from the folder they
         were made in, even if someone renamed it meanwhile."""
         self.ledger: LedgerWriter | None = None
-        self._snapshot_cache: tuple[float, bytes] | None = None
+        self._snapshot_cache: tuple[float, Selection | None, bytes] | None = None
 
     def start(self) -> None:
         if self._thread is not None:
@@ -146,10 +147,11 @@ class Daemon:
     def errors(self) -> int:
         return self._server.stats.errors if self._server is not None else 0
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self, want: Selection | None = None) -> dict[str, Any]:
+        """Every session; with `want`, the rows it asks for (see `selection`)."""
         stats = self._server.stats if self._server is not None else None
         usage = self._worker_usage() if self._worker_usage is not None else None
-        return build_snapshot(self._view, self.monitor, self._ended(), stats, usage)
+        return build_snapshot(self._view, self.monitor, self._ended(), stats, usage, want)
 
     # -- ops (run on the daemon thread) ---------------------------------------------------------
 
@@ -159,11 +161,16 @@ class Daemon:
 
     def _op_snapshot(self, request: dict[str, Any], respond: Respond) -> None:
         # Runs on the server thread only: the cache needs no lock.
+        try:
+            want = selection_from_wire(request)
+        except ProtocolError as exc:
+            respond(error_reply("bad_request", str(exc)))
+            return
         now = time.monotonic()
         cached = self._snapshot_cache
-        if cached is None or now - cached[0] > SNAPSHOT_REUSE_S:
-            cached = self._snapshot_cache = (now, encode_frame(ok_reply(self.snapshot())))
-        respond(cached[1])
+        if cached is None or now - cached[0] > SNAPSHOT_REUSE_S or cached[1] != want:
+            cached = self._snapshot_cache = (now, want, encode_frame(ok_reply(self.snapshot(want))))
+        respond(cached[2])
 
     def _op_dispatch(self, request: dict[str, Any], respond: Respond) -> None:
         agent, tenant, metadata, count = (request.get(k) for k in ("agent", "tenant", "metadata", "count"))

@@ -249,6 +249,25 @@ class Block:
 
 
 @dataclass(frozen=True)
+class SelectionInfo:
+    """What a snapshot holds when its request asked for a selection (`limit`, `sort`, `filters`)."""
+
+    sort: str
+    """The order of `sessions`."""
+    limit: int
+    """At most this many rows were sent."""
+    matched: int
+    """Sessions (active and recently ended) that pass the filters: `sessions` is the first `limit`."""
+    total: int
+    """Sessions (active and recently ended) the worker has, filtered or not."""
+    filters: dict[str, str] = field(default_factory=dict)
+    """The filters applied (`agent`, `tenant`, `status`, `token_class`, `search`), those set only."""
+    facets: dict[str, list[str]] = field(default_factory=dict)
+    """Every value present, unfiltered, of `agent`, `tenant`, `token_class` and `status` (at most the
+    first 50 of each, sorted)."""
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """The worker's introspection state at one instant."""
 
@@ -262,6 +281,8 @@ class Snapshot:
     """Active sessions, then recently ended ones (kept `ENDED_KEEP_S`, 10 s)."""
     blocks: list[Block]
     """The last blocks, oldest first; an ongoing one last."""
+    selection: SelectionInfo | None = None
+    """None when `sessions` holds every session; else which of them it holds."""
 
 
 ENDED_KEEP_S = 10.0
@@ -282,6 +303,7 @@ def to_dict(snapshot: Snapshot) -> dict[str, Any]:
         "worker": plain(snapshot.worker),
         "sessions": [plain(row) for row in snapshot.sessions],
         "blocks": [plain(block) for block in snapshot.blocks],
+        "selection": None if snapshot.selection is None else plain(snapshot.selection),
     }
 
 
@@ -343,6 +365,8 @@ def from_dict(data: Any) -> Snapshot:
                 row["usage"] = _build(UsageInfo, row["usage"], f"sessions[{i}].usage")
             sessions.append(_build(SessionRow, row, f"sessions[{i}]"))
         blocks = [_build(Block, b, f"blocks[{i}]") for i, b in enumerate(data["blocks"])]
-        return Snapshot(SCHEMA_VERSION, float(data["at"]), worker, sessions, blocks)
+        chosen = data.get("selection")
+        selection = None if chosen is None else _build(SelectionInfo, chosen, "selection")
+        return Snapshot(SCHEMA_VERSION, float(data["at"]), worker, sessions, blocks, selection)
     except (KeyError, TypeError, ValueError) as exc:
         raise ProtocolError(f"malformed snapshot: {type(exc).__name__}: {exc}") from exc

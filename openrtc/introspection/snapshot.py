@@ -7,6 +7,7 @@ tuples, objects replaced rather than mutated) and copies containers with one C-l
 
 from __future__ import annotations
 
+import heapq
 import math
 import os
 import time
@@ -24,6 +25,7 @@ from openrtc.introspection.schema import (
     WorkerInfo,
     plain,
 )
+from openrtc.introspection.selection import FINISHED, STATES, Filters, Selection, passes
 from openrtc.introspection.server import ServerStats
 from openrtc.introspection.tagging import live_tasks
 from openrtc.runtime.session import Session
@@ -48,16 +50,21 @@ def share_pct(busy_s: float, span_s: float) -> float:
     return max(0.0, min(100.0, busy_s / span_s * 100)) if span_s > 0 else 0.0
 
 
-def capacity_totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The worker's mix (live sessions by class, each once) and KV estimate, from its rows."""
-    live = [r for r in rows if r["state"] not in ("ended", "failed", "cancelled")]
-    if all(r["token_class"] is None for r in live):
-        return {"classes": None, "kv_bytes": None}
+def capacity_totals(sessions: Sequence[Session]) -> dict[str, Any]:
+    """The worker's mix (live sessions by class, each once) and KV estimate, from its live sessions
+    (as their rows' `token_class` and `kv_bytes` add up)."""
     classes: dict[str, int] = {}
-    for r in live:
-        if r["token_class"] is not None:
-            classes[r["token_class"]] = classes.get(r["token_class"], 0) + 1
-    kv = [r["kv_bytes"] for r in live if r["kv_bytes"] is not None]
+    kv: list[int] = []
+    for session in sessions:
+        capacity = session.capacity
+        if capacity is None:
+            continue
+        if capacity.token_class is not None:
+            classes[capacity.token_class] = classes.get(capacity.token_class, 0) + 1
+        if capacity.kv_bytes is not None:
+            kv.append(round(capacity.kv_bytes))
+    if not classes:
+        return {"classes": None, "kv_bytes": None}
     return {"classes": classes, "kv_bytes": sum(kv) if kv else None}
 
 
@@ -90,9 +97,11 @@ def build_snapshot(
     ended: list[Session],
     server: ServerStats | None = None,
     worker_usage: Totals | None = None,
+    want: Selection | None = None,
 ) -> dict[str, Any]:
     """The snapshot in its wire form (what `schema.to_dict` would give for the `Snapshot` it describes):
-    the active sessions, then `ended` (those finished recently).
+    the active sessions, then `ended` (those finished recently); with `want`, only the first
+    `want.limit` of those that pass its filters, in its order, and how many passed.
 
     Session rows are built as dicts directly: this runs on every `snapshot` request, holding the GIL,
     and a dataclass per row doubled its cost. `tests/introspection` checks the keys against `SessionRow`.
@@ -105,8 +114,13 @@ def build_snapshot(
     rss = windows.rss_mb
     share = rss / len(sessions) if sessions else 0.0
     ongoing = monitor.ongoing()
-    rows = [_row(s, monitor, oldest, span, now, share, active=True) for s in sessions]
-    rows += [_row(s, monitor, oldest, span, now, share, active=False) for s in ended]
+    everyone = [(s, True) for s in sessions] + [(s, False) for s in ended]
+    chosen: dict[str, Any] | None = None
+    if want is not None:
+        picked, matched, facets = _select(everyone, want, monitor, oldest, span, now, share, ongoing)
+        chosen = {**want.to_wire(), "matched": matched, "total": len(everyone), "facets": facets}
+        everyone = picked
+    rows = [_row(s, monitor, oldest, span, now, share, active) for s, active in everyone]
     _add_step_in_progress(rows, monitor, span, ongoing)
 
     lags = sorted(lag for at, lag in list(monitor.heartbeat.lags_ms) if now - at <= span)
@@ -155,7 +169,7 @@ def build_snapshot(
     )
     worker_plain = plain(worker)
     worker_plain["usage"] = usage_info(worker_usage)
-    worker_plain.update(capacity_totals(rows))
+    worker_plain.update(capacity_totals(sessions))
     blocks = list(monitor.blocks)
     if ongoing is not None:
         blocks.append(ongoing)
@@ -165,7 +179,123 @@ def build_snapshot(
         "worker": worker_plain,
         "sessions": rows,
         "blocks": [plain(b) for b in blocks],
+        "selection": chosen,
     }
+
+
+def _select(
+    everyone: list[tuple[Session, bool]],
+    want: Selection,
+    monitor: Monitor,
+    oldest: int,
+    span: float,
+    now: float,
+    share: float,
+    ongoing: Block | None,
+) -> tuple[list[tuple[Session, bool]], int, dict[str, list[str]]]:
+    """The first `want.limit` sessions (with their activity) that pass `want.filters`, in `want.sort`
+    order; how many passed; every value present of each filterable field.
+
+    Each session costs a sort key here, not a row: with 10,000 sessions and a viewer showing forty,
+    this is what keeps a refresh cheap. The key is `selection.order_key`'s, built inline (a call per
+    session doubled the cost); CPU is its share unrounded and unclamped, which orders as the rows do."""
+    filters = want.filters
+    filtering = filters != _NO_FILTERS
+    sort = want.sort
+    clock = monitor.clock
+    step = clock.current
+    running_id = step.stats.session.id if step is not None else None
+    held = max(0.0, perf_counter() - clock.started) if step is not None else 0.0
+    stalled_id = ongoing.session_id if ongoing is not None else None
+    to_pct = 100.0 / span if span > 0 else 0.0
+    keyed: list[tuple[tuple[bool, bool, float | str, str], int]] = []
+    for index, (session, active) in enumerate(everyone):
+        stats = session.stats
+        capacity = session.capacity
+        token_class = capacity.token_class if capacity is not None else None
+        state = session.state  # a StrEnum: compares and hashes as its value
+        watched = stats is not None and session.process is None
+        if filtering:
+            last = stats.last_block if watched else None
+            searched = (
+                session.id,
+                session.agent,
+                session.tenant or "",
+                last.where if last is not None else "",
+                session.error_text or "",
+            )
+            if not passes(filters, session.agent, session.tenant, state, token_class, searched):
+                continue
+        slow = session.id == stalled_id or (
+            watched and stats.blocks > 0 and now - stats.last_block_mono <= SLOW_FOR_S
+        )
+        finished = state in FINISHED
+        if sort == "cpu" and watched and active:
+            ring = stats.cpu_ring
+            busy = stats.busy_s - (ring[oldest] if ring is not None else 0.0)
+            if session.id == running_id:
+                busy += held
+            key: tuple[bool, bool, float | str, str] = (not slow, finished, -busy * to_pct, session.id)
+        elif sort == "agent":
+            key = (not slow, finished, session.agent, session.id)
+        else:
+            value = _sort_value(session, sort, active, oldest, span, now, share)
+            key = (not slow, finished, 1.0 if value is None else -value, session.id)
+        keyed.append((key, index))
+    first = heapq.nsmallest(want.limit, keyed)
+    return [everyone[index] for _, index in first], len(keyed), _facets([s for s, _ in everyone])
+
+
+def _facets(sessions: list[Session]) -> dict[str, list[str]]:
+    """Every value present, unfiltered, of each filterable field (the first `MAX_FACETS` of each):
+    the live view steps its filters through these, whatever rows it was sent."""
+    classes = {s.capacity.token_class for s in sessions if s.capacity is not None}
+    states = {s.state for s in sessions}
+    return {
+        "agent": sorted({s.agent for s in sessions})[:MAX_FACETS],
+        "tenant": sorted({s.tenant for s in sessions if s.tenant is not None})[:MAX_FACETS],
+        "token_class": sorted(c for c in classes if c is not None)[:MAX_FACETS],
+        "status": [s for s in STATES if s in states],
+    }
+
+
+_NO_FILTERS = Filters()
+MAX_FACETS = 50
+"""Values per field in a selection's facets: a worker may have a tenant per session."""
+
+
+def _sort_value(
+    session: Session,
+    sort: str,
+    active: bool,
+    oldest: int,
+    span: float,
+    now: float,
+    share: float,
+) -> float | None:
+    """The figure `sort` orders by, as the session's row would show it (`_row`)."""
+    child = session.process
+    stats = session.stats
+    if sort == "cpu":
+        if not active:
+            return 0.0
+        if child is not None:
+            return float(child.cpu_pct(span, now))
+        busy = stats.busy_s if stats is not None else 0.0
+        ring = stats.cpu_ring if stats is not None else None
+        return round(share_pct(busy - (ring[oldest] if ring is not None else 0.0), span), 2)
+    if sort == "mem":
+        if not active:
+            return 0.0
+        return round(float(child.rss_mb) if child is not None else share, 2)
+    if sort == "age":
+        return round((now if active else session.ended_at or now) - session.started_mono, 3)
+    if sort == "blocks":
+        return float(stats.blocks) if stats is not None and child is None else 0.0
+    if sort == "cost":
+        totals = getattr(session.usage, "totals", None)
+        return 0.0 if totals is None else totals.cost_usd
+    return None
 
 
 def _socket_info(server: ServerStats | None) -> SocketInfo | None:

@@ -23,6 +23,7 @@ from textual.widgets import Footer, Input, Static
 
 from openrtc.errors import ConfigError, OpenRTCError
 from openrtc.introspection.schema import SessionRow, Snapshot
+from openrtc.introspection.selection import SORT_KEYS, STATES, Filters, Selection
 from openrtc.top.render import (
     CLASS_INDEX,
     COLUMNS,
@@ -38,9 +39,6 @@ from openrtc.top.screens import ConfirmScreen, HelpScreen, SessionScreen
 from openrtc.top.source import Fetch, Source, WorkerView
 from openrtc.top.table import SessionTable
 from openrtc.top.view import (
-    SORT_KEYS,
-    STATES,
-    Filters,
     TablePlan,
     has_usage,
     ongoing_stall,
@@ -49,6 +47,9 @@ from openrtc.top.view import (
 )
 
 __all__ = ["ConfirmScreen", "HelpScreen", "SessionScreen", "TopApp", "make_app"]
+
+MIN_ROWS = 100
+"""The fewest rows the live view asks each worker for."""
 
 PROFILE_SECONDS = 5.0
 """How long `r` records."""
@@ -143,7 +144,7 @@ class TopApp(App[None]):
             return
         self._fetching = True
         try:
-            fetch, plan = await asyncio.to_thread(self._fetch_and_plan)
+            fetch, plan = await asyncio.to_thread(self._fetch_and_plan, self.want())
         except Exception as exc:
             # A source bug must not kill the view: say it and try again at the next tick.
             self.notify(f"refresh failed: {type(exc).__name__}: {exc}", severity="error")
@@ -163,9 +164,18 @@ class TopApp(App[None]):
         live = [(v.socket_path, v.snapshot) for v in fetch.workers if v.snapshot is not None and not v.gone]
         return plan_table(live, self.filters, self.sort, self.worker_focus)
 
-    def _fetch_and_plan(self) -> tuple[Fetch, tuple[tuple[Filters, str, Path | None], TablePlan]]:
+    def want(self) -> Selection:
+        """What to ask each worker for: the rows the table can show from here (its height past the
+        cursor, twice over, and never fewer than `MIN_ROWS`) under the current sort and filters."""
+        table = self.query_one("#sessions", SessionTable)
+        limit = max(MIN_ROWS, table.cursor + 2 * max(1, table.size.height))
+        return Selection(self.sort, limit, self.filters)
+
+    def _fetch_and_plan(
+        self, want: Selection
+    ) -> tuple[Fetch, tuple[tuple[Filters, str, Path | None], TablePlan]]:
         # Runs in a thread: the socket reads and the formatting of every row stay off the UI.
-        fetch = self.source.fetch()
+        fetch = self.source.fetch(want)
         inputs = self._plan_inputs()
         return fetch, (inputs, self._plan(fetch))
 
@@ -257,7 +267,10 @@ class TopApp(App[None]):
                 parts.append(f"{name}={value}")
         if self.worker_focus is not None:
             parts.append(f"worker={self.worker_focus.stem}")
-        total = sum(len(snapshot.sessions) for _, snapshot in self._live())
+        total = sum(
+            len(snapshot.sessions) if snapshot.selection is None else snapshot.selection.total
+            for _, snapshot in self._live()
+        )
         shown = self.query_one("#sessions", SessionTable).row_count
         parts.append(f"{shown} of {total} sessions")
         if self.paused:
@@ -290,8 +303,10 @@ class TopApp(App[None]):
         return self._where.get(key) if table.display and key is not None else None
 
     def _reapply(self) -> None:
+        """Show what is at hand in the new order at once, and ask the workers for the rows it selects."""
         if self.fetch is not None:
             self.apply(self.fetch)
+        self._tick()
 
     # -- actions ----------------------------------------------------------------------------------
 
@@ -310,7 +325,12 @@ class TopApp(App[None]):
     def action_cycle_filter(self, field: str) -> None:
         """Step the filter on `field` through the values present now, then back to all."""
         attribute = "state" if field == "status" else field
-        present = {getattr(r, attribute) for _, snapshot in self._live() for r in snapshot.sessions}
+        present: set[str | None] = set()
+        for _, snapshot in self._live():
+            if snapshot.selection is not None:  # the worker sent some rows, and every value there is
+                present.update(snapshot.selection.facets.get(field, ()))
+            else:
+                present.update(getattr(r, attribute) for r in snapshot.sessions)
         if field == "status":  # in life-cycle order
             choices = [s for s in STATES if s in present]
         else:

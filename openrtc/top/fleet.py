@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 from openrtc.errors import OpenRTCError
 from openrtc.introspection.schema import Snapshot, from_dict
+from openrtc.introspection.selection import Selection
 from openrtc.top.source import GONE_KEEP_S, Fetch, WorkerView
 
 T = TypeVar("T")
@@ -43,7 +44,8 @@ class FleetSource:
             self._nc = await connect(self.url, name="openrtc-top")
         return self._nc
 
-    def fetch(self) -> Fetch:
+    def fetch(self, want: Selection | None = None) -> Fetch:
+        """Every worker's view as it put it (`want` is not sent: a worker puts one view for all)."""
         from openrtc.fleet.view import FleetWorker, read_fleet
 
         async def read() -> list[FleetWorker]:

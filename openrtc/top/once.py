@@ -11,17 +11,37 @@ from openrtc.introspection.client import WorkerClient, find_workers
 from openrtc.introspection.ledger import dead_workers
 from openrtc.introspection.paths import socket_dir
 from openrtc.introspection.schema import Snapshot, from_dict, to_dict
-from openrtc.top.view import Filters, render_detail, render_text, worker_line
+from openrtc.introspection.selection import Filters, Selection
+from openrtc.top.view import render_detail, render_text, worker_line
+
+TABLE_LIMIT = 100
+"""Rows per worker `top --once` prints as a table unless `--limit` says otherwise."""
 
 
-def fetch_snapshots(socket: Path | None, timeout: float = 5.0) -> list[Snapshot]:
-    """One snapshot per live worker (or from `socket`); raises `WorkerNotFound` when none answers."""
+def fetch_snapshots(
+    socket: Path | None, timeout: float = 5.0, want: Selection | None = None
+) -> list[Snapshot]:
+    """One snapshot per live worker (or from `socket`), every session or those `want` asks for;
+    raises `WorkerNotFound` when none answers."""
     paths = [socket] if socket is not None else [w.socket_path for w in find_workers(timeout=timeout)]
+    request = {} if want is None else want.to_wire()
     snapshots = []
     for path in paths:
         with WorkerClient(path, timeout=timeout) as client:
-            snapshots.append(from_dict(client.request("snapshot")))
+            snapshots.append(from_dict(client.request("snapshot", **request)))
     return snapshots
+
+
+def once_selection(
+    as_json: bool, filters: Filters, sort: str, limit: int | None, session: str | None
+) -> Selection | None:
+    """What `top --once` asks each worker for: the table's first `limit` rows (`TABLE_LIMIT` by default),
+    JSON whole unless `limit` is given, one session by its id; None (every session) for `limit` 0."""
+    if session is not None:  # the search narrows the rows to those the id prefix could be
+        return Selection(sort, 1000, Filters(search=session))
+    if limit == 0 or (limit is None and as_json):
+        return None
+    return Selection(sort, limit or TABLE_LIMIT, filters)
 
 
 def run_once(
@@ -31,9 +51,10 @@ def run_once(
     sort: str,
     color: bool = False,
     session: str | None = None,
+    limit: int | None = None,
 ) -> int:
     try:
-        snapshots = fetch_snapshots(socket)
+        snapshots = fetch_snapshots(socket, want=once_selection(as_json, filters, sort, limit, session))
     except OpenRTCError as exc:
         _report_dead(socket)
         print(f"openrtc top: {exc}", file=sys.stderr)

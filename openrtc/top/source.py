@@ -17,6 +17,7 @@ from openrtc.introspection.client import WorkerClient
 from openrtc.introspection.ledger import DeadWorker, dead_workers
 from openrtc.introspection.paths import check_private_dir, remove_if_dead, socket_dir
 from openrtc.introspection.schema import Snapshot, from_dict
+from openrtc.introspection.selection import Selection
 
 GONE_KEEP_S = 30.0
 """How long a worker that stopped answering stays on screen, marked gone."""
@@ -56,7 +57,9 @@ class Source(Protocol):
     @property
     def folder(self) -> Path: ...
 
-    def fetch(self) -> Fetch: ...
+    def fetch(self, want: Selection | None = None) -> Fetch:
+        """Every worker: the sessions `want` asks for (None: all of them)."""
+        ...
 
     def cancel(self, socket_path: Path, session_id: str) -> None: ...
 
@@ -91,13 +94,14 @@ class LiveSource:
             return []  # missing (no worker yet) or unsafe: the empty screen names the folder
         return sorted(self.folder.glob("*.sock"))
 
-    def fetch(self) -> Fetch:
+    def fetch(self, want: Selection | None = None) -> Fetch:
         now = self._clock()
         views: dict[Path, WorkerView] = {}
+        request = {} if want is None else want.to_wire()
         for path in self._paths():
             try:
                 with WorkerClient(path, self._timeout) as client:
-                    snapshot = from_dict(client.request("snapshot"))
+                    snapshot = from_dict(client.request("snapshot", **request))
             except (SchemaVersionError, WorkerUnresponsive) as exc:
                 # Alive but not readable: listed with why, not taken for gone.
                 views[path] = WorkerView(path, None, str(exc), False)

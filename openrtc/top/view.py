@@ -7,28 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from openrtc.introspection import selection
 from openrtc.introspection.schema import Block, SessionRow, Snapshot, UsageInfo
+from openrtc.introspection.selection import Filters
 from openrtc.usage.totals import usd
-
-SORT_KEYS = ("cpu", "mem", "age", "blocks", "cost", "agent")
-STATES = ("starting", "running", "draining", "ended", "failed", "cancelled")
-FINISHED = frozenset({"ended", "failed", "cancelled"})
-
-
-@dataclass(frozen=True)
-class Filters:
-    """What the operator asked to see."""
-
-    agent: str | None = None
-    """Only this agent."""
-    tenant: str | None = None
-    """Only this tenant."""
-    status: str | None = None
-    """Only this state."""
-    token_class: str | None = None
-    """Only this token class."""
-    search: str | None = None
-    """Only rows whose id, agent, tenant or last block contain this text."""
 
 
 def select(rows: Sequence[SessionRow], filters: Filters, sort: str = "cpu") -> list[SessionRow]:
@@ -38,41 +20,26 @@ def select(rows: Sequence[SessionRow], filters: Filters, sort: str = "cpu") -> l
 
 
 def passes(row: SessionRow, filters: Filters) -> bool:
-    return (
-        (filters.agent is None or row.agent == filters.agent)
-        and (filters.tenant is None or row.tenant == filters.tenant)
-        and (filters.status is None or row.state == filters.status)
-        and (filters.token_class is None or row.token_class == filters.token_class)
-        and (filters.search is None or _matches(row, filters.search))
-    )
+    return selection.passes(filters, row.agent, row.tenant, row.state, row.token_class, searched(row))
+
+
+def searched(row: SessionRow) -> tuple[str, ...]:
+    """What a search looks in."""
+    where = row.last_block.where if row.last_block else ""
+    return (row.session_id, row.agent, row.tenant or "", where, row.error or "")
 
 
 def order_key(row: SessionRow, sort: str) -> tuple[bool, bool, float | str, str]:
-    """Where `row` goes: slow sessions first, then live before finished, then by `sort` (descending,
-    except `agent`)."""
-    finished = row.state in FINISHED
+    """Where `row` goes (`selection.order_key`)."""
+    return selection.order_key(sort, row.slow, row.state, row.session_id, sort_value(row, sort), row.agent)
+
+
+def sort_value(row: SessionRow, sort: str) -> float | None:
+    if sort == "cost":  # no call yet: $0; an unknown cost: None
+        return row.usage.cost_usd if row.usage is not None else 0.0
     if sort == "agent":
-        return (not row.slow, finished, row.agent, row.session_id)
-    if sort == "cost":  # an unknown cost sorts after every known one, $0 (no call yet) included
-        known = row.usage.cost_usd if row.usage is not None else 0.0
-        value = -1.0 if known is None else known
-    else:
-        value = {"cpu": row.cpu_pct, "mem": row.mem_mb, "age": row.duration_s, "blocks": float(row.blocks)}[
-            sort
-        ]
-    return (not row.slow, finished, -value, row.session_id)
-
-
-def _matches(row: SessionRow, text: str) -> bool:
-    text = text.lower()
-    hay = [
-        row.session_id,
-        row.agent,
-        row.tenant or "",
-        row.last_block.where if row.last_block else "",
-        row.error or "",
-    ]
-    return any(text in h.lower() for h in hay)
+        return None
+    return {"cpu": row.cpu_pct, "mem": row.mem_mb, "age": row.duration_s, "blocks": float(row.blocks)}[sort]
 
 
 def ongoing_stall(snapshot: Snapshot) -> Block | None:
@@ -376,6 +343,9 @@ def render_text(snapshots: Sequence[Snapshot], filters: Filters, sort: str, colo
             lines.append(paint(line, RED) if i and selected[i - 1].slow else line)
         if not rows:
             lines.append("(no session matches)")
+        chosen = snap.selection
+        if chosen is not None and chosen.matched > len(selected):
+            lines.append(f"({len(selected)} of {chosen.matched} sessions, the first by {chosen.sort})")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 

@@ -16,6 +16,7 @@ from openrtc.introspection.schema import (
     UsageInfo,
     WorkerInfo,
 )
+from openrtc.introspection.selection import Selection
 from openrtc.top.source import Fetch, WorkerView
 
 FOLDER = Path("/run/user/1000/openrtc")
@@ -161,9 +162,11 @@ class FakeSource:
     cancelled: list[tuple[Path, str]] = field(default_factory=list)
     profiled: list[tuple[Path, str | None, float]] = field(default_factory=list)
     calls: int = 0
+    wants: list[Selection | None] = field(default_factory=list)
 
-    def fetch(self) -> Fetch:
+    def fetch(self, want: Selection | None = None) -> Fetch:
         self.calls += 1
+        self.wants.append(want)
         return self.fetches[min(self.calls, len(self.fetches)) - 1]
 
     def cancel(self, socket_path: Path, session_id: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -13,10 +14,11 @@ from textual.binding import Binding
 from textual.pilot import Pilot
 from textual.widgets import Static
 
+from openrtc.introspection.schema import SelectionInfo
+from openrtc.introspection.selection import Filters, Selection
 from openrtc.top.app import ConfirmScreen, HelpScreen, SessionScreen, TopApp, make_app
 from openrtc.top.source import Fetch
 from openrtc.top.table import SessionTable
-from openrtc.top.view import Filters
 from tests.top.fakes import FOLDER, FakeSource, bumped, mixed_snapshot, source, view
 
 SIZE = (160, 30)
@@ -351,11 +353,11 @@ async def test_help_lists_the_keys() -> None:
 
 async def test_a_failing_source_is_reported_not_fatal() -> None:
     class Broken(FakeSource):
-        def fetch(self) -> Fetch:
+        def fetch(self, want: Selection | None = None) -> Fetch:
             if self.calls == 1:
                 self.calls += 1
                 raise RuntimeError("disk on fire")
-            return super().fetch()
+            return super().fetch(want)
 
     src = Broken([Fetch(FOLDER, (view(mixed_snapshot()),))])
     async with running(src) as (app, _):
@@ -374,3 +376,31 @@ async def test_a_cursor_on_the_first_row_stays_at_the_top() -> None:
         assert app.selected() is not None and app.selected()[1].session_id == "3f2a9c01d4e5"
         await app.refresh_now()
         assert app.selected()[1].session_id == "c0ffee112233"  # the new top, not the old row
+
+
+async def test_the_view_asks_each_worker_for_the_rows_it_can_show() -> None:
+    """The source gets the view's sort, filters and a row count from the table's height; the filter
+    keys step through the values the worker says it has, not only those in the rows it sent."""
+    snapshot = dataclasses.replace(
+        mixed_snapshot(),
+        selection=SelectionInfo(
+            "cpu",
+            100,
+            9,
+            9,
+            {},
+            {"agent": ["aardvark", "chat"], "tenant": [], "token_class": [], "status": []},
+        ),
+    )
+    src = source(view(snapshot))
+    async with running(src) as (app, pilot):
+        first = src.wants[0]
+        assert first is not None and (first.sort, first.filters) == ("cpu", Filters()) and first.limit >= 100
+        await pilot.press("o")
+        await until(pilot, lambda: src.wants[-1] == Selection("age", first.limit, Filters()))
+        await pilot.press("a")  # the first agent the worker has, though none of its rows is one
+        assert app.filters == Filters(agent="aardvark") and shown_ids(app) == []
+        await until(pilot, lambda: src.wants[-1] == Selection("age", first.limit, Filters(agent="aardvark")))
+        assert "6 of 9 sessions" not in text_of(app, "#status")  # the filter hides them all
+        await pilot.press("x")
+        await until(pilot, lambda: "6 of 9 sessions" in text_of(app, "#status"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import shutil
@@ -19,7 +20,7 @@ import pytest
 from openrtc.introspection.paths import ensure_private_dir
 from openrtc.introspection.wire import HEADER_SIZE, encode_frame
 from openrtc.top.source import GONE_KEEP_S, LiveSource
-from tests.cli.worker import OPENRTC, Worker
+from tests.cli.worker import OPENRTC, Worker, run_cli
 from tests.helpers import write_agent
 
 POLITE = """\
@@ -211,3 +212,28 @@ def test_demo_opens_top_and_quitting_stops_everything(sock_home: Path, tmp_path:
         assert not list((sock_home / "openrtc").glob("*.sock"))
     finally:
         subprocess.run([*tmux.base, "kill-server"], capture_output=True, check=False)
+
+
+def test_once_prints_the_first_rows_the_worker_selects_and_says_how_many_more(
+    agents_dir: Path, sock_home: Path, workers: list[Worker]
+) -> None:
+    write_agent(agents_dir, "polite", POLITE)
+    worker = start_worker(agents_dir, sock_home, workers)
+    assert worker.dispatch("polite", "--count", "5").returncode == 0
+
+    def once(*flags: str) -> subprocess.CompletedProcess[str]:
+        out = run_cli("top", "--once", *flags, env=worker.env)
+        assert out.returncode == 0, out.stderr
+        return out
+
+    table = once("--limit", "2").stdout
+    assert sum(" polite " in line for line in table.splitlines()) == 2
+    assert "(2 of 5 sessions, the first by cpu)" in table
+    assert "of 5 sessions" not in once().stdout  # 100 by default: all five, no footer
+    whole = json.loads(once("--json").stdout)
+    assert whole["selection"] is None and len(whole["sessions"]) == 5
+    some = json.loads(once("--json", "--limit", "3", "--sort", "age").stdout)
+    assert len(some["sessions"]) == 3
+    assert some["selection"]["matched"] == 5 and some["selection"]["sort"] == "age"
+    bad = run_cli("top", "--limit", "3", env=worker.env)
+    assert bad.returncode == 2 and "--limit needs --once" in bad.stderr

@@ -9,8 +9,9 @@ import pytest
 
 from openrtc import ProtocolError, SchemaVersionError
 from openrtc.introspection.schema import LastBlock, from_dict
+from openrtc.introspection.selection import Filters
 from openrtc.top.app import make_app
-from openrtc.top.view import Filters, cpu_bar, fmt_age, render_text, select
+from openrtc.top.view import cpu_bar, fmt_age, render_text, select
 from tests.top.fakes import row, source, usage
 
 
