@@ -120,7 +120,7 @@ def _run_worker(parser: argparse.ArgumentParser, args: argparse.Namespace, reloa
             hooks=[*_plug_ins(args), *([fleet] if fleet is not None else [])],
         )
         if fleet is not None and pool.introspection is not None:
-            fleet.snapshot = pool.introspection.snapshot  # the fleet view shows what the socket shows
+            fleet.snapshot = _fleet_view(pool.introspection)
         factory = loop_factory(args.loop)
         found = pool.discover(args.agents_dir)
     except ConfigError as exc:
@@ -160,6 +160,15 @@ def _fleet_hook(args: argparse.Namespace) -> Any:
         return FleetHook(FleetConfig(args.nats, args.ack_wait, args.max_deliver))
     except FleetError as exc:
         raise ConfigError(f"--nats: {exc}") from None
+
+
+def _fleet_view(introspection: Any) -> Any:
+    """What the worker puts in the fleet view: the socket's snapshot, its first `VIEW_ROWS` rows."""
+    from openrtc.fleet.protocol import VIEW_ROWS
+    from openrtc.introspection.selection import Selection
+
+    view = Selection("cpu", VIEW_ROWS)
+    return lambda: introspection.snapshot(view)
 
 
 def _plug_ins(args: argparse.Namespace) -> list[Any]:

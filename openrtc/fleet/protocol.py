@@ -46,6 +46,9 @@ DONE_TTL_S = 3600.0
 WORKERS_BUCKET = "openrtc_workers"
 WORKERS_TTL_S = 10.0
 VIEW_EVERY_S = 1.0
+VIEW_ROWS = 200
+"""Sessions per worker in the fleet view: the first by CPU (slow ones first), with the worker's
+counts; a worker of 10,000 sessions puts 200 rows a second, not 10,000."""
 STALE_AFTER_S = 3.0
 """A worker whose last snapshot is this much older than the fleet's newest is shown stale."""
 CONTROL_PREFIX = "openrtc.control."

@@ -19,6 +19,7 @@ from openrtc.introspection import timing
 from openrtc.introspection.daemon import Daemon
 from openrtc.introspection.monitor import Monitor
 from openrtc.introspection.schema import ENDED_KEEP_S
+from openrtc.introspection.selection import Selection
 from openrtc.introspection.server import OpHandler
 from openrtc.introspection.tagging import TaskTagger, session_of
 from openrtc.runtime.config import positive
@@ -154,11 +155,11 @@ class IntrospectionHook(Hook):
         now = time.perf_counter()
         return [s for s in list(self.recently_ended) if s.ended_at and now - s.ended_at <= ENDED_KEEP_S]
 
-    def snapshot(self) -> dict[str, Any]:
-        """The snapshot, as the socket's `snapshot` op returns it."""
+    def snapshot(self, want: Selection | None = None) -> dict[str, Any]:
+        """The snapshot, as the socket's `snapshot` op returns it (every session, or `want`'s)."""
         if self.daemon is None:
             raise RuntimeError("introspection has not started")
-        return self.daemon.snapshot()
+        return self.daemon.snapshot(want)
 
     def session_of(self, task: asyncio.Future[Any]) -> Session | None:
         """The session that owns a task; None when untagged."""

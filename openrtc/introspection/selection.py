@@ -44,7 +44,8 @@ class Selection:
     sort: str = "cpu"
     """One of `SORT_KEYS`."""
     limit: int = 100
-    """At most this many rows, the first in `sort` order after `filters`."""
+    """At most this many rows, the first in `sort` order after `filters` (among equal keys, the
+    sessions started first)."""
     filters: Filters = field(default_factory=Filters)
     """Only sessions that pass these."""
 

@@ -16,7 +16,7 @@ import nats.errors
 import pytest
 
 from openrtc.fleet.client import connect, ensure_fleet, publish
-from openrtc.fleet.protocol import EVENTS_STREAM, STREAM, Event, decode_event, subject
+from openrtc.fleet.protocol import EVENTS_STREAM, STREAM, VIEW_ROWS, Event, decode_event, subject
 from tests.cli.worker import Worker, run_cli
 from tests.fleet.server import NatsServer
 
@@ -387,6 +387,9 @@ def test_top_once_nats_lists_every_worker_and_marks_a_dead_one_stale(
     assert {d["worker"]["pid"] for d in docs} == pids
     assert sorted(r["session_id"] for d in docs for r in d["sessions"]) == sorted(ids)
     assert all(d["fleet"]["stale"] is False for d in docs)
+    # Each worker puts the first VIEW_ROWS of its sessions, and counts them all.
+    assert all(d["selection"]["limit"] == VIEW_ROWS for d in docs)
+    assert sum(d["selection"]["total"] for d in docs) == len(ids)
     text = once()
     assert all(f":{pid}  up " in text for pid in pids) and "STALE" not in text
 
