@@ -2,8 +2,9 @@
 
 A worker of 10,000 sessions answers the live `top` (forty rows on screen) with the rows it shows, not
 all of them: the viewer sends a `Selection` with its `snapshot` request, the worker orders every
-session by a cheap key and builds the full rows of the first `limit` only. Both sides order with
-`order_key`, so a viewer merging several workers' rows sorts them as each worker did.
+session by a cheap key and builds the full rows of the first `limit` only. The viewer orders rows
+with `order_key`; the worker builds the same order from float keys (`snapshot._select`), so a viewer
+merging several workers' rows sorts them as each worker did.
 """
 
 from __future__ import annotations
