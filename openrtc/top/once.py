@@ -11,7 +11,7 @@ from openrtc.introspection.client import WorkerClient, find_workers
 from openrtc.introspection.ledger import dead_workers
 from openrtc.introspection.paths import socket_dir
 from openrtc.introspection.schema import Snapshot, from_dict, to_dict
-from openrtc.introspection.selection import Filters, Selection
+from openrtc.introspection.selection import MAX_LIMIT, Filters, Selection
 from openrtc.top.view import render_detail, render_text, worker_line
 
 TABLE_LIMIT = 100
@@ -38,7 +38,7 @@ def once_selection(
     """What `top --once` asks each worker for: the table's first `limit` rows (`TABLE_LIMIT` by default),
     JSON whole unless `limit` is given, one session by its id; None (every session) for `limit` 0."""
     if session is not None:  # the search narrows the rows to those the id prefix could be
-        return Selection(sort, 1000, Filters(search=session))
+        return Selection(sort, MAX_LIMIT, Filters(search=session))
     if limit == 0 or (limit is None and as_json):
         return None
     return Selection(sort, limit or TABLE_LIMIT, filters)
