@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-fleet test lint bench soak snapshots-update clean
+.PHONY: demo demo-fleet test lint bench bench-capacity soak snapshots-update clean
 
 $(STAMP): pyproject.toml setup.py openrtc/introspection/_steps.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ soak: $(STAMP)
 # After a deliberate change of how `top` looks: rewrite the screenshots, then review their diff.
 snapshots-update: $(STAMP)
 	$(BIN)/python -m pytest tests/top/test_snapshots.py --snapshot-update
+
+# How many sessions of each shape one worker holds, and what grows with the count (under 15 minutes).
+bench-capacity: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/python benchmarks/bench_capacity.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_runtime.py
