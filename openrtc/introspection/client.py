@@ -16,6 +16,8 @@ from openrtc.errors import (
     WorkerUnresponsive,
 )
 from openrtc.introspection.paths import check_private_dir, remove_if_dead, socket_dir
+from openrtc.introspection.schema import Snapshot, from_dict
+from openrtc.introspection.selection import Selection
 from openrtc.introspection.wire import (
     HEADER_SIZE,
     MAX_REPLY_BYTES,
@@ -65,6 +67,10 @@ class WorkerClient:
         except OSError as exc:
             raise WorkerNotFound(f"lost the worker on {self.path}: {exc.strerror or exc}") from exc
         return unwrap_reply(reply)
+
+    def snapshot(self, want: Selection | None = None) -> Snapshot:
+        """The worker's snapshot: every session, or the rows `want` asks for."""
+        return from_dict(self.request("snapshot", **({} if want is None else want.to_wire())))
 
     def _recv_exact(self, n: int) -> bytes:
         chunks = bytearray()

@@ -24,11 +24,10 @@ def fetch_snapshots(
     """One snapshot per live worker (or from `socket`), every session or those `want` asks for;
     raises `WorkerNotFound` when none answers."""
     paths = [socket] if socket is not None else [w.socket_path for w in find_workers(timeout=timeout)]
-    request = {} if want is None else want.to_wire()
     snapshots = []
     for path in paths:
         with WorkerClient(path, timeout=timeout) as client:
-            snapshots.append(from_dict(client.request("snapshot", **request)))
+            snapshots.append(client.snapshot(want))
     return snapshots
 
 

@@ -16,7 +16,7 @@ from openrtc.errors import OpenRTCError, SchemaVersionError, SocketError, Worker
 from openrtc.introspection.client import WorkerClient
 from openrtc.introspection.ledger import DeadWorker, dead_workers
 from openrtc.introspection.paths import check_private_dir, remove_if_dead, socket_dir
-from openrtc.introspection.schema import Snapshot, from_dict
+from openrtc.introspection.schema import Snapshot
 from openrtc.introspection.selection import Selection
 
 GONE_KEEP_S = 30.0
@@ -97,11 +97,10 @@ class LiveSource:
     def fetch(self, want: Selection | None = None) -> Fetch:
         now = self._clock()
         views: dict[Path, WorkerView] = {}
-        request = {} if want is None else want.to_wire()
         for path in self._paths():
             try:
                 with WorkerClient(path, self._timeout) as client:
-                    snapshot = from_dict(client.request("snapshot", **request))
+                    snapshot = client.snapshot(want)
             except (SchemaVersionError, WorkerUnresponsive) as exc:
                 # Alive but not readable: listed with why, not taken for gone.
                 views[path] = WorkerView(path, None, str(exc), False)
