@@ -114,9 +114,12 @@ static PyTypeObject StepClockType = {
 
 /* -- SessionStats --------------------------------------------------------------------------- */
 
+static PyObject *str_tasks;  /* "tasks" */
+
 typedef struct {
     PyObject_HEAD
     PyObject *session;
+    PyObject *tasks;  /* the session's `tasks` dict, read once: the per-task paths skip an attribute lookup */
     double busy_s;
     Py_ssize_t blocks;
     PyObject *last_block;
@@ -128,6 +131,7 @@ static int
 stats_traverse(SessionStatsObject *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->session);
+    Py_VISIT(self->tasks);
     Py_VISIT(self->last_block);
     Py_VISIT(self->cpu_ring);
     return 0;
@@ -137,6 +141,7 @@ static int
 stats_clear(SessionStatsObject *self)
 {
     Py_CLEAR(self->session);
+    Py_CLEAR(self->tasks);
     Py_CLEAR(self->last_block);
     Py_CLEAR(self->cpu_ring);
     return 0;
@@ -163,6 +168,17 @@ stats_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         return NULL;
     }
     self->session = Py_NewRef(session);
+    self->tasks = PyObject_GetAttr(session, str_tasks);
+    if (self->tasks == NULL || !PyDict_Check(self->tasks)) {
+        if (self->tasks != NULL || PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            PyErr_Clear();
+            Py_XSETREF(self->tasks, PyDict_New());  /* a session without one: filed nowhere anyone reads */
+        }
+        if (self->tasks == NULL) {
+            Py_DECREF(self);
+            return NULL;
+        }
+    }
     self->last_block = Py_NewRef(Py_None);
     self->cpu_ring = Py_NewRef(Py_None);
     return (PyObject *)self;
@@ -203,7 +219,6 @@ typedef struct {
     StepClockObject *clock;
 } TimedObject;
 
-static PyObject *str_tasks;  /* "tasks" */
 static PyObject *str_throw;  /* "throw" */
 static PyObject *str_close;  /* "close" */
 
@@ -260,12 +275,9 @@ forget_task(TimedObject *self)
 {
     PyObject *type, *value, *tb;
     PyErr_Fetch(&type, &value, &tb);
-    PyObject *tasks = PyObject_GetAttr(self->stats->session, str_tasks);
-    if (tasks != NULL && PyDict_Check(tasks) && PyDict_DelItem(tasks, self->wrapped) < 0 &&
-        PyErr_ExceptionMatches(PyExc_KeyError)) {
+    if (PyDict_DelItem(self->stats->tasks, self->wrapped) < 0 && PyErr_ExceptionMatches(PyExc_KeyError)) {
         PyErr_Clear();  /* already gone */
     }
-    Py_XDECREF(tasks);
     if (PyErr_Occurred()) {
         /* Bookkeeping must not change what the session's task sees: the coroutine's own outcome wins. */
         PyErr_WriteUnraisable((PyObject *)self);
@@ -421,6 +433,96 @@ static PyMemberDef timed_members[] = {
     {NULL}
 };
 
+/* The coroutine facade: what debuggers, reprs and asyncio's task introspection read from a coroutine,
+   passed on from the wrapped one (timing.py's `_CoroutineFacade` is the same for the Python wrapper).
+   In C so the wrapper is this static type itself: a Python subclass made every wrapper's allocation
+   and release go through the heap-type paths, a measurable part of the per-task cost. */
+
+/* `obj.<name>` into *value, or NULL when it has none (PyObject_GetOptionalAttrString is 3.13+). */
+static int
+optional_attr(PyObject *obj, const char *name, PyObject **value)
+{
+    *value = PyObject_GetAttrString(obj, name);
+    if (*value == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            return -1;
+        }
+        PyErr_Clear();
+    }
+    return 0;
+}
+
+/* `wrapped.<name>`, else `wrapped.<alt>` (a generator's name for it), else `fallback`. */
+static PyObject *
+passed_on(TimedObject *self, const char *name, const char *alt, PyObject *fallback)
+{
+    PyObject *value = NULL;
+    if (optional_attr(self->wrapped, name, &value) < 0) {
+        return NULL;
+    }
+    if ((value == NULL || value == Py_None) && alt != NULL) {
+        Py_XDECREF(value);
+        if (optional_attr(self->wrapped, alt, &value) < 0) {
+            return NULL;
+        }
+    }
+    return value != NULL ? value : Py_NewRef(fallback);
+}
+
+static PyObject *
+timed_get_cr_frame(TimedObject *self, void *Py_UNUSED(closure))
+{
+    return passed_on(self, "cr_frame", "gi_frame", Py_None);
+}
+
+static PyObject *
+timed_get_cr_code(TimedObject *self, void *Py_UNUSED(closure))
+{
+    return passed_on(self, "cr_code", "gi_code", Py_None);
+}
+
+static PyObject *
+timed_get_cr_await(TimedObject *self, void *Py_UNUSED(closure))
+{
+    return passed_on(self, "cr_await", NULL, Py_None);
+}
+
+static PyObject *
+timed_get_cr_running(TimedObject *self, void *Py_UNUSED(closure))
+{
+    PyObject *value = passed_on(self, "cr_running", NULL, Py_False);
+    if (value == NULL) {
+        return NULL;
+    }
+    int truth = PyObject_IsTrue(value);
+    Py_DECREF(value);
+    return truth < 0 ? NULL : PyBool_FromLong(truth);
+}
+
+static PyObject *
+timed_get_name(TimedObject *self, void *Py_UNUSED(closure))
+{
+    /* What asyncio's task repr names the coroutine by. */
+    PyObject *value = passed_on(self, "__name__", NULL, Py_None);
+    if (value == Py_None) {
+        Py_DECREF(value);
+        return PyType_GetName(Py_TYPE(self->wrapped));
+    }
+    if (value != NULL && !PyUnicode_Check(value)) {
+        Py_SETREF(value, PyObject_Str(value));
+    }
+    return value;
+}
+
+static PyGetSetDef timed_getset[] = {
+    {"cr_frame", (getter)timed_get_cr_frame, NULL, NULL, NULL},
+    {"cr_code", (getter)timed_get_cr_code, NULL, NULL, NULL},
+    {"cr_await", (getter)timed_get_cr_await, NULL, NULL, NULL},
+    {"cr_running", (getter)timed_get_cr_running, NULL, NULL, NULL},
+    {"__name__", (getter)timed_get_name, NULL, NULL, NULL},
+    {NULL}
+};
+
 static PyAsyncMethods timed_as_async = {
     .am_await = (unaryfunc)timed_await,
     .am_send = (sendfunc)timed_am_send,
@@ -441,6 +543,7 @@ static PyTypeObject TimedType = {
     .tp_as_async = &timed_as_async,
     .tp_methods = timed_methods,
     .tp_members = timed_members,
+    .tp_getset = timed_getset,
 };
 
 /* -- TaskFactory ---------------------------------------------------------------------------- */
@@ -575,11 +678,9 @@ factory_vectorcall(FactoryObject *self, PyObject *const *args, size_t nargsf, Py
     }
     if (task != NULL && stats != NULL) {
         /* Not started yet: it cannot have ended, so the wrapper will find its entry. */
-        PyObject *tasks = PyObject_GetAttr(session, str_tasks);
-        if (tasks == NULL || PyObject_SetItem(tasks, coro, task) < 0) {
+        if (PyDict_SetItem(((SessionStatsObject *)stats)->tasks /* alive: the task holds its wrapper */, coro, task) < 0) {
             Py_CLEAR(task);
         }
-        Py_XDECREF(tasks);
     }
     Py_XDECREF(session);
     return task;

@@ -609,7 +609,7 @@ class Pool:
             for task in leftovers:
                 task.cancel(msg="session_ended")
         del self._sessions[session.id]
-        session.tasks = {}
+        session.tasks.clear()
         self._by_agent[session.agent] -= 1
         if self._by_agent[session.agent] <= 0:
             del self._by_agent[session.agent]

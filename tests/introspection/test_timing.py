@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections.abc
 import time
 import types
 from collections.abc import Generator
@@ -184,9 +185,28 @@ def test_the_wrapper_reads_like_its_coroutine(timer: StepTimer) -> None:
     assert asyncio.iscoroutine(wrapper)
     assert wrapper.__name__ == "handle_call"
     assert wrapper.cr_code is coro.cr_code and wrapper.cr_frame is coro.cr_frame
+    assert wrapper.cr_running is False and wrapper.cr_await is None
     assert wrapper.__await__() is wrapper
     wrapper.close()
     assert coro.cr_frame is None  # closed for real
+
+
+@pytest.mark.parametrize("timer", TIMERS)
+def test_the_wrapper_of_an_awaitable_without_coroutine_attributes_reads_as_empty(timer: StepTimer) -> None:
+    class Bare(collections.abc.Coroutine):  # type: ignore[type-arg]
+        def send(self, value: Any) -> Any:
+            raise StopIteration(value)
+
+        def throw(self, *args: Any) -> Any:
+            raise args[0]
+
+        def __await__(self) -> Any:
+            return self
+
+    wrapper, _, _, _ = make(timer, Bare())
+    assert wrapper.cr_frame is None and wrapper.cr_code is None and wrapper.cr_await is None
+    assert wrapper.cr_running is False
+    assert wrapper.__name__ == "Bare"
 
 
 def test_the_c_wrapper_takes_only_the_c_clock_and_stats() -> None:
