@@ -119,9 +119,12 @@ def build_snapshot(
     chosen: dict[str, Any] | None = None
     picked: Sequence[int] = range(len(everyone))
     if want is not None:
-        picked, matched = _select(everyone, live, want, monitor, oldest, span, now, share, ongoing)
-        facets = _facets(everyone)
+        picked, matched, facets, capacity = _select(
+            everyone, live, want, monitor, oldest, span, now, share, ongoing
+        )
         chosen = {**want.to_wire(), "matched": matched, "total": len(everyone), "facets": facets}
+    else:
+        capacity = capacity_totals(sessions)
     rows = [_row(everyone[i], monitor, oldest, span, now, share, i < live) for i in picked]
     _add_step_in_progress(rows, monitor, span, ongoing)
 
@@ -171,7 +174,7 @@ def build_snapshot(
     )
     worker_plain = plain(worker)
     worker_plain["usage"] = usage_info(worker_usage)
-    worker_plain.update(capacity_totals(sessions))
+    worker_plain.update(capacity)
     blocks = list(monitor.blocks)
     if ongoing is not None:
         blocks.append(ongoing)
@@ -195,90 +198,125 @@ def _select(
     now: float,
     share: float,
     ongoing: Block | None,
-) -> tuple[list[int], int]:
+) -> tuple[list[int], int, dict[str, list[str]], dict[str, Any]]:
     """The indexes of the first `want.limit` sessions that pass `want.filters`, in `want.sort` order
-    (`selection.order_key`'s), and how many passed. The first `live` sessions are active.
+    (`selection.order_key`'s); how many passed; the facets (every agent, tenant, token class and
+    state present, unfiltered, the first `MAX_FACETS` of each: the live view steps its filters
+    through these, whatever rows it was sent); and the live sessions' `capacity_totals`. The first
+    `live` sessions are active.
 
-    Each session costs a sort key here, not a row: with 10,000 sessions and a viewer showing forty,
-    this is what keeps a refresh cheap. The keys are floats (strings for `agent`), never tuples:
-    10,000 tuples a refresh are 10,000 objects for the garbage collector, whose full collections
-    of a big worker's heap held its loop for 50-70 ms at a time. A float key is the order key's
-    flags (slow first, live before finished) as a large offset, plus minus the sort's figure (CPU as
-    its share unrounded)."""
+    One pass, each session read once, a sort key and no row: at 10,000 sessions the reads are most of
+    the cost (a session's object is rarely in the CPU's cache), and a pass per figure cost as much
+    again. The keys are floats (strings for `agent`), never tuples: 10,000 tuples a refresh are
+    10,000 objects for the garbage collector, whose full collections of a big worker's heap held its
+    loop for 50-70 ms at a time. A float key is the order key's flags (slow first, live before
+    finished) as a large offset, plus minus the sort's figure (CPU as its share unrounded)."""
     filters = want.filters
     filtering = filters != _NO_FILTERS
     sort = want.sort
+    by_cpu = sort == "cpu"
     clock = monitor.clock
     step = clock.current
     running_id = step.stats.session.id if step is not None else None
     held = max(0.0, perf_counter() - clock.started) if step is not None else 0.0
     stalled_id = ongoing.session_id if ongoing is not None else None
     to_pct = 100.0 / span if span > 0 else 0.0
+    slow_since = now - SLOW_FOR_S
+    agents: set[str] = set()
+    tenants: set[str] = set()
+    classes: set[str | None] = set()
+    states: set[SessionState] = set()
+    last_state: SessionState | None = None
+    last_agent: str | None = None
+    last_tenant: str | None = None
+    live_classes: dict[str, int] = {}
+    kv: list[int] = []
     indexes: list[int] = []
     keys: list[Any] = []
-    for index, session in enumerate(everyone):
-        if index % LEND_EVERY == LEND_EVERY - 1:
+    total = len(everyone)
+    for first in range(0, total, LEND_EVERY):
+        if first:
             # A pause without the GIL: a loop that woke meanwhile takes it now, not at the end of the
             # interpreter's 5 ms switch interval (what a 10,000-session build cost each loop wake-up).
             time.sleep(LEND_S)
-        active = index < live
-        stats = session.stats
-        watched = stats is not None and session.process is None
-        if filtering:
-            capacity = session.capacity
-            last = stats.last_block if watched else None
-            searched = (
-                session.id,
-                session.agent,
-                session.tenant or "",
-                last.where if last is not None else "",
-                session.error_text or "",
+        for index in range(first, min(total, first + LEND_EVERY)):
+            session = everyone[index]
+            active = index < live
+            agent, tenant, state, capacity = session.agent, session.tenant, session.state, session.capacity
+            # Runs of the same value are the common case: an identity test is cheaper than a set's
+            # add, and an enum member's hash is a Python call.
+            if agent is not last_agent:
+                agents.add(agent)
+                last_agent = agent
+            if tenant is not last_tenant and tenant is not None:
+                tenants.add(tenant)
+                last_tenant = tenant
+            if state is not last_state:
+                states.add(state)
+                last_state = state
+            token_class = None
+            if capacity is not None:
+                token_class = capacity.token_class
+                classes.add(token_class)
+                if active:
+                    if token_class is not None:
+                        live_classes[token_class] = live_classes.get(token_class, 0) + 1
+                    if capacity.kv_bytes is not None:
+                        kv.append(round(capacity.kv_bytes))
+            stats = session.stats
+            watched = stats is not None and session.process is None
+            if filtering:
+                last = stats.last_block if watched else None
+                searched = (
+                    session.id,
+                    agent,
+                    tenant or "",
+                    last.where if last is not None else "",
+                    session.error_text or "",
+                )
+                if not passes(filters, agent, tenant, state, token_class, searched):
+                    continue
+                indexes.append(index)
+            slow = (watched and stats.blocks > 0 and stats.last_block_mono >= slow_since) or (
+                stalled_id is not None and session.id == stalled_id
             )
-            token_class = capacity.token_class if capacity is not None else None
-            if not passes(filters, session.agent, session.tenant, session.state, token_class, searched):
-                continue
-        slow = session.id == stalled_id or (
-            watched and stats.blocks > 0 and now - stats.last_block_mono <= SLOW_FOR_S
-        )
-        state = session.state  # by identity: an enum member's hash and `.value` are Python calls
-        finished = state is _ENDED or state is _FAILED or state is _CANCELLED
-        flags = (0 if slow else 2) + (1 if finished else 0)
-        if sort == "agent":
-            keys.append(f"{flags}{session.agent}\x00{session.id}")
-        else:
-            if sort == "cpu" and watched and active:
+            # by identity: an enum member's hash and `.value` are Python calls
+            finished = state is _ENDED or state is _FAILED or state is _CANCELLED
+            flags = (0 if slow else 2) + (1 if finished else 0)
+            if by_cpu and watched and active:
                 ring = stats.cpu_ring
                 busy = stats.busy_s - (ring[oldest] if ring is not None else 0.0)
-                if session.id == running_id:
+                if running_id is not None and session.id == running_id:
                     busy += held
-                value: float | None = busy * to_pct
+                keys.append(flags * _FLAG - busy * to_pct)
+            elif sort == "agent":
+                keys.append(f"{flags}{agent}\x00{session.id}")
             else:
                 value = _sort_value(session, sort, active, oldest, span, now, share)
-            keys.append(flags * _FLAG + (1.0 if value is None else -value))
-        indexes.append(index)
+                keys.append(flags * _FLAG + (1.0 if value is None else -value))
     # Stable: among equal keys (10,000 idle sessions at 0% CPU), the sessions started first.
-    first = heapq.nsmallest(want.limit, range(len(indexes)), key=keys.__getitem__)
-    return [indexes[i] for i in first], len(indexes)
+    chosen = heapq.nsmallest(want.limit, range(len(keys)), key=keys.__getitem__)
+    picked = [indexes[i] for i in chosen] if filtering else chosen
+    facets = {
+        "agent": sorted(agents)[:MAX_FACETS],
+        "tenant": sorted(tenants)[:MAX_FACETS],
+        "token_class": sorted(c for c in classes if c is not None)[:MAX_FACETS],
+        "status": [name for name in STATES if name in states],
+    }
+    capacity_sums = (
+        {"classes": live_classes, "kv_bytes": sum(kv) if kv else None}
+        if live_classes
+        else {"classes": None, "kv_bytes": None}
+    )
+    return picked, len(keys), facets, capacity_sums
 
 
 _FLAG = 1e12
+"""A float key's step per order-key flag: more than any figure a session's row shows."""
 LEND_EVERY = 2048
 """Sessions keyed between two pauses (about a millisecond of work)."""
 LEND_S = 0.00005
-"""A float key's step per order-key flag: more than any figure a session's row shows."""
-
-
-def _facets(sessions: Sequence[Session]) -> dict[str, list[str]]:
-    """Every value present, unfiltered, of each filterable field (the first `MAX_FACETS` of each):
-    the live view steps its filters through these, whatever rows it was sent."""
-    classes = {s.capacity.token_class for s in sessions if s.capacity is not None}
-    states = {s.state for s in sessions}
-    return {
-        "agent": sorted({s.agent for s in sessions})[:MAX_FACETS],
-        "tenant": sorted({s.tenant for s in sessions if s.tenant is not None})[:MAX_FACETS],
-        "token_class": sorted(c for c in classes if c is not None)[:MAX_FACETS],
-        "status": [s for s in STATES if s in states],
-    }
+"""The pause: long enough for a waiting thread to take the GIL."""
 
 
 _NO_FILTERS = Filters()

@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 
 from openrtc import AgentPool, RemoteError, Session
+from openrtc.capacity import CapacityConfig, CapacityHook, Classes
+from openrtc.capacity.arch import MODELS
 from openrtc.introspection.client import WorkerClient
 from openrtc.introspection.schema import from_dict
 from openrtc.introspection.selection import Filters, Selection, selection_from_wire
@@ -103,3 +105,46 @@ def test_selection_round_trips_and_rejects_what_it_cannot_read() -> None:
     assert selection_from_wire(wire) == want
     assert selection_from_wire({}) is None  # no limit: every session, as before
     assert selection_from_wire({"limit": 3}) == Selection("cpu", 3, Filters())
+
+
+def test_a_selection_carries_the_same_worker_figures_as_the_full_snapshot(
+    sock_home: Path, run_loop: Any
+) -> None:
+    """The selected rows are few, but the worker's class mix, KV estimate, usage totals and the
+    facets still count every session (one pass collects them beside the sort keys)."""
+
+    def agent(tokens: int) -> Any:
+        async def run(session: Session) -> None:
+            session.usage.record("m", provider="p", input_tokens=tokens, output_tokens=10, cost_usd=0.25)
+            await session.draining.wait()
+
+        return run
+
+    async def main() -> tuple[dict[str, Any], dict[str, Any]]:
+        hook = CapacityHook(CapacityConfig(Classes.parse("light=1000,medium=5000"), MODELS["llama-3.1-8b"]))
+        async with AgentPool(drain_timeout_s=0.5, hooks=[hook]) as pool:
+            for name, tokens in (("quiet", 300), ("chat", 2000), ("big", 6000)):
+                pool.add(name, agent(tokens))
+                for _ in range(3):
+                    await pool.start_session(name)
+            pool.add("idle", idle)
+            for _ in range(20):
+                await pool.start_session("idle")
+            await asyncio.sleep(0.2)
+            assert pool.socket_path is not None
+
+            def read(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+                with WorkerClient(path, timeout=5) as client:
+                    return client.request("snapshot"), client.request("snapshot", limit=1)
+
+            return await asyncio.to_thread(read, pool.socket_path)
+
+    full, one = run_loop(main())
+    assert len(one["sessions"]) == 1 and len(full["sessions"]) == 29
+    assert full["worker"]["classes"] == {"light": 23, "medium": 3, "extreme": 3}  # idle ones too
+    assert full["worker"]["kv_bytes"] == 3 * (310 + 2010 + 6010) * 131_072
+    assert full["worker"]["usage"]["calls"] == 9 and full["worker"]["usage"]["cost_usd"] == 2.25
+    for field in ("classes", "kv_bytes", "usage"):
+        assert one["worker"][field] == full["worker"][field]
+    assert one["selection"]["facets"]["token_class"] == ["extreme", "light", "medium"]
+    assert one["selection"]["facets"]["agent"] == ["big", "chat", "idle", "quiet"]
