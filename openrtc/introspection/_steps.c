@@ -734,6 +734,225 @@ static PyTypeObject FactoryType = {
     .tp_members = factory_members,
 };
 
+/* -- scan ------------------------------------------------------------------------------------ */
+
+/* The keying pass of a snapshot's selection, for its common request (sorted by CPU, no filter), in C:
+   snapshot.py's `_select` is the reference and does the same in Python for every other request, and
+   for this one without the extension. At 10,000 sessions the Python pass was most of what a refresh of
+   the live `top` cost the worker (about 0.5 us a session); here each session is a handful of
+   attribute reads. */
+
+static PyObject *str_agent, *str_tenant, *str_state, *str_capacity, *str_process, *str_id;
+static PyObject *str_token_class, *str_kv_bytes, *str_cpu_pct;
+
+/* Adds `value` to `set` unless it is `*last` (runs of one value are the common case). */
+static inline int
+add_new(PyObject *set, PyObject *value, PyObject **last)
+{
+    if (value == *last) {
+        return 0;
+    }
+    Py_XSETREF(*last, Py_NewRef(value));
+    return PySet_Add(set, value);
+}
+
+typedef struct {
+    Py_ssize_t oldest;
+    double to_pct, held, slow_since, flag;
+    PyObject *running_id, *stalled_id, *span, *now, *finished;
+    PyObject *keys, *agents, *tenants, *states, *classes, *live_classes, *kv;
+    PyObject *last[3];  /* the agent, tenant and state added last */
+} Scan;
+
+/* Appends one session's key to `keys` and adds its values to the facets and capacity sums; -1 with an
+   exception set on failure. */
+static int
+scan_one(Scan *c, PyObject *session, int active)
+{
+    PyObject *running_id = c->running_id, *stalled_id = c->stalled_id;
+    PyObject *keys = c->keys, *agents = c->agents, *tenants = c->tenants, *states = c->states;
+    PyObject *classes = c->classes, *live_classes = c->live_classes, *kv = c->kv;
+    PyObject **last = c->last;
+    int rc = -1;
+    PyObject *agent = NULL, *tenant = NULL, *state = NULL, *capacity = NULL, *stats = NULL;
+    PyObject *process = NULL, *sid = NULL, *key = NULL;
+    if ((agent = PyObject_GetAttr(session, str_agent)) == NULL ||
+        (tenant = PyObject_GetAttr(session, str_tenant)) == NULL ||
+        (state = PyObject_GetAttr(session, str_state)) == NULL ||
+        (capacity = PyObject_GetAttr(session, str_capacity)) == NULL ||
+        (stats = PyObject_GetAttr(session, str_stats)) == NULL ||
+        (process = PyObject_GetAttr(session, str_process)) == NULL) {
+        goto done;
+    }
+    if (add_new(agents, agent, &last[0]) < 0 ||
+        (tenant != Py_None && add_new(tenants, tenant, &last[1]) < 0) ||
+        add_new(states, state, &last[2]) < 0) {
+        goto done;
+    }
+    if (capacity != Py_None) {
+        PyObject *token_class = PyObject_GetAttr(capacity, str_token_class);
+        if (token_class == NULL) {
+            goto done;
+        }
+        int bad = PySet_Add(classes, token_class) < 0;
+        if (!bad && active && token_class != Py_None) {
+            PyObject *count = PyDict_GetItemWithError(live_classes, token_class);
+            long n = count == NULL ? 0 : PyLong_AsLong(count);
+            PyObject *next = PyErr_Occurred() ? NULL : PyLong_FromLong(n + 1);
+            bad = next == NULL || PyDict_SetItem(live_classes, token_class, next) < 0;
+            Py_XDECREF(next);
+        }
+        Py_DECREF(token_class);
+        if (bad) {
+            goto done;
+        }
+        if (active) {
+            PyObject *bytes = PyObject_GetAttr(capacity, str_kv_bytes);
+            if (bytes == NULL || (bytes != Py_None && PyList_Append(kv, bytes) < 0)) {
+                Py_XDECREF(bytes);
+                goto done;
+            }
+            Py_DECREF(bytes);
+        }
+    }
+    int watched = stats != Py_None && process == Py_None;
+    SessionStatsObject *st = NULL;
+    if (stats != Py_None) {
+        if (!PyObject_TypeCheck(stats, &SessionStatsType)) {
+            PyErr_SetString(PyExc_TypeError, "scan reads the C step timer's stats only");
+            goto done;
+        }
+        st = (SessionStatsObject *)stats;
+    }
+    int slow = watched && st->blocks > 0 && st->last_block_mono >= c->slow_since;
+    if (!slow && stalled_id != Py_None) {
+        if ((sid = PyObject_GetAttr(session, str_id)) == NULL) {
+            goto done;
+        }
+        int same = PyObject_RichCompareBool(sid, stalled_id, Py_EQ);
+        if (same < 0) {
+            goto done;
+        }
+        slow = same;
+    }
+    int finished = state == PyTuple_GET_ITEM(c->finished, 0) || state == PyTuple_GET_ITEM(c->finished, 1) ||
+                   state == PyTuple_GET_ITEM(c->finished, 2);
+    double value = 0.0;
+    if (active && watched) {
+        double busy = st->busy_s;
+        PyObject *ring = st->cpu_ring;
+        if (ring != Py_None) {
+            if (!PyList_Check(ring) || c->oldest < 0 || c->oldest >= PyList_GET_SIZE(ring)) {
+                PyErr_SetString(PyExc_TypeError, "a session's cpu_ring is not a ring");
+                goto done;
+            }
+            busy -= PyFloat_AsDouble(PyList_GET_ITEM(ring, c->oldest));
+            if (PyErr_Occurred()) {
+                goto done;
+            }
+        }
+        if (running_id != Py_None) {
+            if (sid == NULL && (sid = PyObject_GetAttr(session, str_id)) == NULL) {
+                goto done;
+            }
+            int same = PyObject_RichCompareBool(sid, running_id, Py_EQ);
+            if (same < 0) {
+                goto done;
+            }
+            if (same) {
+                busy += c->held;
+            }
+        }
+        value = busy * c->to_pct;
+    }
+    else if (active && process != Py_None) {
+        /* Its own process: the OS's figure, as its row shows it. */
+        PyObject *pct = PyObject_CallMethodObjArgs(process, str_cpu_pct, c->span, c->now, NULL);
+        if (pct == NULL) {
+            goto done;
+        }
+        value = PyFloat_AsDouble(pct);
+        Py_DECREF(pct);
+        if (value == -1.0 && PyErr_Occurred()) {
+            goto done;
+        }
+    }
+    /* Else 0: a finished session, or one without stats, shows no CPU. */
+    key = PyFloat_FromDouble(((slow ? 0 : 2) + (finished ? 1 : 0)) * c->flag - value);
+    if (key == NULL || PyList_Append(keys, key) < 0) {
+        goto done;
+    }
+    rc = 0;
+done:
+    Py_XDECREF(agent);
+    Py_XDECREF(tenant);
+    Py_XDECREF(state);
+    Py_XDECREF(capacity);
+    Py_XDECREF(stats);
+    Py_XDECREF(process);
+    Py_XDECREF(sid);
+    Py_XDECREF(key);
+    return rc;
+}
+
+static PyObject *
+steps_scan(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    /* scan(sessions, start, stop, params, out): see `_select` in snapshot.py. */
+    if (nargs != 5 || !PyList_Check(args[0]) || !PyTuple_Check(args[3]) || PyTuple_GET_SIZE(args[3]) != 11 ||
+        !PyTuple_Check(args[4]) || PyTuple_GET_SIZE(args[4]) != 7) {
+        PyErr_SetString(PyExc_TypeError, "scan(sessions, start, stop, params, out)");
+        return NULL;
+    }
+    PyObject *sessions = args[0];
+    PyObject *const *p = &PyTuple_GET_ITEM(args[3], 0);
+    PyObject *const *out = &PyTuple_GET_ITEM(args[4], 0);
+    /* params: live, oldest, to_pct, running_id, held, stalled_id, slow_since, span, now, flag, finished;
+       out: keys, agents, tenants, states, classes, live_classes, kv */
+    if (!PyList_Check(out[0]) || !PySet_Check(out[1]) || !PySet_Check(out[2]) || !PySet_Check(out[3]) ||
+        !PySet_Check(out[4]) || !PyDict_Check(out[5]) || !PyList_Check(out[6]) || !PyFloat_Check(p[2]) ||
+        !PyFloat_Check(p[4]) || !PyFloat_Check(p[6]) || !PyFloat_Check(p[9]) || !PyTuple_Check(p[10]) ||
+        PyTuple_GET_SIZE(p[10]) != 3) {
+        PyErr_SetString(PyExc_TypeError, "scan: a parameter or an output of the wrong type");
+        return NULL;
+    }
+    Py_ssize_t start = PyLong_AsSsize_t(args[1]), stop = PyLong_AsSsize_t(args[2]);
+    Py_ssize_t live = PyLong_AsSsize_t(p[0]);
+    Scan c = {
+        .oldest = PyLong_AsSsize_t(p[1]),
+        .to_pct = PyFloat_AS_DOUBLE(p[2]),
+        .running_id = p[3],
+        .held = PyFloat_AS_DOUBLE(p[4]),
+        .stalled_id = p[5],
+        .slow_since = PyFloat_AS_DOUBLE(p[6]),
+        .span = p[7],
+        .now = p[8],
+        .flag = PyFloat_AS_DOUBLE(p[9]),
+        .finished = p[10],
+        .keys = out[0], .agents = out[1], .tenants = out[2], .states = out[3], .classes = out[4],
+        .live_classes = out[5], .kv = out[6],
+    };
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    int rc = 0;
+    for (Py_ssize_t i = start; rc == 0 && i < stop && i < PyList_GET_SIZE(sessions); i++) {
+        PyObject *session = Py_NewRef(PyList_GET_ITEM(sessions, i));
+        rc = scan_one(&c, session, i < live);
+        Py_DECREF(session);
+    }
+    Py_XDECREF(c.last[0]);
+    Py_XDECREF(c.last[1]);
+    Py_XDECREF(c.last[2]);
+    return rc < 0 ? NULL : Py_NewRef(Py_None);
+}
+
+static PyMethodDef steps_methods[] = {
+    {"scan", (PyCFunction)(void (*)(void))steps_scan, METH_FASTCALL,
+     "The keying pass of a snapshot selection sorted by CPU without filters (see snapshot.py)."},
+    {NULL}
+};
+
 /* -- module --------------------------------------------------------------------------------- */
 
 static struct PyModuleDef steps_module = {
@@ -741,6 +960,7 @@ static struct PyModuleDef steps_module = {
     .m_name = "openrtc.introspection._steps",
     .m_doc = "The step timer in C (see timing.py for the pure-Python reference).",
     .m_size = -1,
+    .m_methods = steps_methods,
 };
 
 PyMODINIT_FUNC
@@ -753,6 +973,20 @@ PyInit__steps(void)
     str_context = PyUnicode_InternFromString("context");
     if (str_tasks == NULL || str_throw == NULL || str_close == NULL || str_stats == NULL ||
         str_context == NULL) {
+        return NULL;
+    }
+    str_agent = PyUnicode_InternFromString("agent");
+    str_tenant = PyUnicode_InternFromString("tenant");
+    str_state = PyUnicode_InternFromString("state");
+    str_capacity = PyUnicode_InternFromString("capacity");
+    str_process = PyUnicode_InternFromString("process");
+    str_id = PyUnicode_InternFromString("id");
+    str_token_class = PyUnicode_InternFromString("token_class");
+    str_kv_bytes = PyUnicode_InternFromString("kv_bytes");
+    str_cpu_pct = PyUnicode_InternFromString("cpu_pct");
+    if (str_agent == NULL || str_tenant == NULL || str_state == NULL || str_capacity == NULL ||
+        str_process == NULL || str_id == NULL || str_token_class == NULL || str_kv_bytes == NULL ||
+        str_cpu_pct == NULL) {
         return NULL;
     }
     PyObject *str_loop = PyUnicode_InternFromString("loop");

@@ -29,6 +29,11 @@ class TimedCoroutine:
     def throw(self, typ: Any, val: Any = ..., tb: Any = ...) -> Any: ...
     def close(self) -> None: ...
     def __await__(self) -> Any: ...
+    cr_frame: Any
+    cr_code: Any
+    cr_await: Any
+    cr_running: bool
+    __name__: str
 
 class TaskFactory:
     fallback: Callable[..., Any]
@@ -41,3 +46,11 @@ class TaskFactory:
         fallback: Callable[..., Any],
     ) -> None: ...
     def __call__(self, loop: Any, coro: Any, context: Any = ..., **kwargs: Any) -> Any: ...
+
+def scan(
+    sessions: list[Any],
+    start: int,
+    stop: int,
+    params: tuple[int, int, float, Any, float, Any, float, float, float, float, tuple[Any, Any, Any]],
+    out: tuple[list[float], set[Any], set[Any], set[Any], set[Any], dict[Any, int], list[float]],
+) -> None: ...

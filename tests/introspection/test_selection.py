@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -13,9 +14,11 @@ import pytest
 from openrtc import AgentPool, RemoteError, Session
 from openrtc.capacity import CapacityConfig, CapacityHook, Classes
 from openrtc.capacity.arch import MODELS
+from openrtc.introspection import snapshot, timing
 from openrtc.introspection.client import WorkerClient
 from openrtc.introspection.schema import from_dict
 from openrtc.introspection.selection import Filters, Selection, selection_from_wire
+from openrtc.runtime.session import SessionState
 from openrtc.top.view import select
 
 
@@ -148,3 +151,63 @@ def test_a_selection_carries_the_same_worker_figures_as_the_full_snapshot(
         assert one["worker"][field] == full["worker"][field]
     assert one["selection"]["facets"]["token_class"] == ["extreme", "light", "medium"]
     assert one["selection"]["facets"]["agent"] == ["big", "chat", "idle", "quiet"]
+
+
+class _Capacity:
+    def __init__(self, token_class: str | None, kv_bytes: float | None) -> None:
+        self.token_class, self.kv_bytes = token_class, kv_bytes
+
+
+class _Child:
+    def __init__(self, pct: float) -> None:
+        self.pct = pct
+
+    def cpu_pct(self, span: float, now: float) -> float:
+        return self.pct
+
+
+def test_the_c_keying_pass_orders_and_counts_every_kind_of_session_as_the_python_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`_steps.scan` (the live view's usual request: by CPU, no filter) against `_select`'s Python loop,
+    on sessions of every kind a worker holds: busy, slow, stalled, without stats, in a process of
+    their own, with and without a capacity class, finished."""
+    native = timing.NATIVE
+    if native is None:
+        pytest.skip("the C step timer is not built")
+    monitor = SimpleNamespace(clock=native.clock(10.0, lambda *_: None), timer=native)
+    now, oldest = 1000.0, 2
+    everyone = []
+    for i in range(40):
+        tenant = None if i % 4 == 0 else f"t{i % 5}"
+        session = Session(f"s{i:02d}", ("a", "b", "c")[i % 3], tenant, {}, {}, asyncio.Event())
+        session.state = SessionState.RUNNING if i < 30 else (SessionState.ENDED, SessionState.FAILED)[i % 2]
+        if i % 7 != 3:
+            stats = session.stats = native.stats(session)
+            stats.busy_s = i * 0.013
+            stats.cpu_ring = [i * 0.001 * k for k in range(11)] if i % 5 else None
+            if i % 6 == 1:
+                stats.blocks, stats.last_block_mono = 2, now - (5 if i % 12 == 1 else 500)
+        if i % 9 == 4:
+            session.process = _Child(i * 1.5)
+        if i % 3 != 2:
+            kv = None if i % 8 == 0 else i * 1000.5
+            session.capacity = _Capacity(("light", "heavy", None)[i % 4 % 3], kv)
+        everyone.append(session)
+    ongoing = SimpleNamespace(session_id="s17")
+    args = (everyone, 30, Selection(sort="cpu", limit=40), monitor, oldest, 5.0, now, 1.5, ongoing)
+    in_c = snapshot._select(*args)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="scan"):
+        timing.NATIVE_SCAN(everyone, 0, 40, (), ())
+    monkeypatch.setattr(timing, "NATIVE_SCAN", None)
+    in_python = snapshot._select(*args)  # type: ignore[arg-type]
+    assert in_c == in_python
+    picked, matched, facets, capacity = in_c
+    assert matched == 40 and sorted(picked) == list(range(40))
+    assert picked[0] in (1, 13, 17, 25)  # the slow ones lead: recent blocks, or the stall in progress
+    assert facets["status"] == ["running", "ended", "failed"] and facets["token_class"] == ["heavy", "light"]
+    live_capacity = [s.capacity for s in everyone[:30] if s.capacity is not None]
+    assert capacity["classes"] == {
+        name: sum(c.token_class == name for c in live_capacity) for name in ("light", "heavy")
+    }
+    assert capacity["kv_bytes"] == sum(round(c.kv_bytes) for c in live_capacity if c.kv_bytes is not None)
