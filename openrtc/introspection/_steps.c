@@ -947,9 +947,182 @@ steps_scan(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     return rc < 0 ? NULL : Py_NewRef(Py_None);
 }
 
+/* smallest(keys, limit): the indexes of the `limit` smallest of `keys` (floats), smallest first, ties
+   by index: what `heapq.nsmallest(limit, range(len(keys)), key=keys.__getitem__)` gives, without a
+   Python call per key (at 10,000 keys, as long as the keying pass itself). */
+
+typedef struct {
+    double key;
+    Py_ssize_t index;
+} Ranked;
+
+/* a comes after b: the larger key, or the same key and the later index */
+static inline int
+after(const Ranked *a, const Ranked *b)
+{
+    return a->key > b->key || (a->key == b->key && a->index > b->index);
+}
+
+static void
+sift_down(Ranked *heap, Py_ssize_t n, Py_ssize_t at)
+{
+    for (;;) {
+        Py_ssize_t child = 2 * at + 1, top = at;
+        if (child < n && after(&heap[child], &heap[top])) {
+            top = child;
+        }
+        if (child + 1 < n && after(&heap[child + 1], &heap[top])) {
+            top = child + 1;
+        }
+        if (top == at) {
+            return;
+        }
+        Ranked tmp = heap[at];
+        heap[at] = heap[top];
+        heap[top] = tmp;
+        at = top;
+    }
+}
+
+static int
+compare_ranked(const void *a, const void *b)
+{
+    return after((const Ranked *)a, (const Ranked *)b) ? 1 : after((const Ranked *)b, (const Ranked *)a) ? -1 : 0;
+}
+
+static PyObject *
+steps_smallest(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyList_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "smallest(keys: list[float], limit: int)");
+        return NULL;
+    }
+    PyObject *keys = args[0];
+    Py_ssize_t limit = PyLong_AsSsize_t(args[1]);
+    if (limit == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(keys);
+    if (limit > n) {
+        limit = n;
+    }
+    if (limit <= 0) {
+        return PyList_New(0);
+    }
+    Ranked *heap = PyMem_New(Ranked, (size_t)limit);  /* a max-heap of the smallest so far */
+    if (heap == NULL) {
+        return PyErr_NoMemory();
+    }
+    Py_ssize_t size = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyList_GET_ITEM(keys, i);
+        if (!PyFloat_CheckExact(item)) {
+            PyMem_Free(heap);
+            PyErr_SetString(PyExc_TypeError, "smallest: every key must be a float");
+            return NULL;
+        }
+        Ranked r = {PyFloat_AS_DOUBLE(item), i};
+        if (size < limit) {
+            /* sift up */
+            Py_ssize_t at = size++;
+            heap[at] = r;
+            while (at > 0 && after(&heap[at], &heap[(at - 1) / 2])) {
+                Ranked tmp = heap[at];
+                heap[at] = heap[(at - 1) / 2];
+                heap[(at - 1) / 2] = tmp;
+                at = (at - 1) / 2;
+            }
+        }
+        else if (after(&heap[0], &r)) {
+            heap[0] = r;
+            sift_down(heap, size, 0);
+        }
+    }
+    qsort(heap, (size_t)size, sizeof(Ranked), compare_ranked);
+    PyObject *out = PyList_New(size);
+    for (Py_ssize_t i = 0; out != NULL && i < size; i++) {
+        PyObject *index = PyLong_FromSsize_t(heap[i].index);
+        if (index == NULL) {
+            Py_CLEAR(out);
+            break;
+        }
+        PyList_SET_ITEM(out, i, index);
+    }
+    PyMem_Free(heap);
+    return out;
+}
+
+/* tick(sessions, i, size): each session's busy time into slot `i` of its CPU ring (a list of `size`
+   floats, made at its first tick): the windows' tick (windows.py), which runs twice a second over
+   every session. Sessions without stats are skipped; stats of the pure-Python timer go through
+   their attributes. */
+static PyObject *
+steps_tick(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyList_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "tick(sessions: list, i: int, size: int)");
+        return NULL;
+    }
+    Py_ssize_t at = PyLong_AsSsize_t(args[1]), size = PyLong_AsSsize_t(args[2]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    if (size <= 0 || at < 0 || at >= size) {
+        PyErr_SetString(PyExc_ValueError, "tick: the slot must be within the ring");
+        return NULL;
+    }
+    PyObject *sessions = args[0];
+    for (Py_ssize_t k = 0; k < PyList_GET_SIZE(sessions); k++) {
+        PyObject *stats = PyObject_GetAttr(PyList_GET_ITEM(sessions, k), str_stats);
+        if (stats == NULL) {
+            return NULL;
+        }
+        if (stats == Py_None) {
+            Py_DECREF(stats);
+            continue;
+        }
+        int native = PyObject_TypeCheck(stats, &SessionStatsType);
+        PyObject *ring = native ? Py_XNewRef(((SessionStatsObject *)stats)->cpu_ring)
+                                : PyObject_GetAttrString(stats, "cpu_ring");
+        PyObject *busy = native ? PyFloat_FromDouble(((SessionStatsObject *)stats)->busy_s)
+                                : PyObject_GetAttrString(stats, "busy_s");
+        int failed = ring == NULL || busy == NULL;
+        if (!failed && ring == Py_None) {
+            Py_SETREF(ring, PyList_New(size));
+            PyObject *zero = ring == NULL ? NULL : PyFloat_FromDouble(0.0);
+            failed = zero == NULL;
+            for (Py_ssize_t j = 0; !failed && j < size; j++) {
+                PyList_SET_ITEM(ring, j, Py_NewRef(zero));
+            }
+            Py_XDECREF(zero);
+            failed = failed || PyObject_SetAttrString(stats, "cpu_ring", ring) < 0;
+        }
+        if (!failed) {
+            if (!PyList_Check(ring) || PyList_GET_SIZE(ring) != size) {
+                PyErr_SetString(PyExc_TypeError, "tick: a session's cpu_ring is not a ring of this size");
+                failed = 1;
+            }
+            else {
+                PyList_SetItem(ring, at, Py_NewRef(busy));  /* steals the new reference */
+            }
+        }
+        Py_XDECREF(ring);
+        Py_XDECREF(busy);
+        Py_DECREF(stats);
+        if (failed) {
+            return NULL;
+        }
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef steps_methods[] = {
     {"scan", (PyCFunction)(void (*)(void))steps_scan, METH_FASTCALL,
      "The keying pass of a snapshot selection sorted by CPU without filters (see snapshot.py)."},
+    {"smallest", (PyCFunction)(void (*)(void))steps_smallest, METH_FASTCALL,
+     "The indexes of the `limit` smallest float keys, smallest first, ties by index."},
+    {"tick", (PyCFunction)(void (*)(void))steps_tick, METH_FASTCALL,
+     "Each session's busy time into slot `i` of its CPU ring (see windows.py)."},
     {NULL}
 };
 

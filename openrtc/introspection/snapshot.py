@@ -238,7 +238,8 @@ def _select(
     indexes: list[int] = []
     keys: list[Any] = []
     total = len(everyone)
-    native = by_cpu and not filtering and timing.NATIVE_SCAN is not None and monitor.timer is timing.NATIVE
+    in_c = timing.NATIVE_PASSES
+    native = by_cpu and not filtering and in_c is not None and monitor.timer is timing.NATIVE
     params = (live, oldest, to_pct, running_id, held, stalled_id, slow_since, span, now, _FLAG, _FINISHED)
     out = (keys, agents, tenants, states, classes, live_classes, kv)
     for first in range(0, total, LEND_EVERY):
@@ -247,7 +248,7 @@ def _select(
             # interpreter's 5 ms switch interval (what a 10,000-session build cost each loop wake-up).
             time.sleep(LEND_S)
         if native:  # the same pass in C (`_steps.scan`), for the live view's usual request
-            timing.NATIVE_SCAN(everyone, first, first + LEND_EVERY, params, out)
+            in_c.scan(everyone, first, first + LEND_EVERY, params, out)
             continue
         for index in range(first, min(total, first + LEND_EVERY)):
             session = everyone[index]
@@ -305,7 +306,10 @@ def _select(
                 value = _sort_value(session, sort, active, oldest, span, now, share)
                 keys.append(flags * _FLAG + (1.0 if value is None else -value))
     # Stable: among equal keys (10,000 idle sessions at 0% CPU), the sessions started first.
-    chosen = heapq.nsmallest(want.limit, range(len(keys)), key=keys.__getitem__)
+    if native:
+        chosen = in_c.smallest(keys, want.limit)
+    else:
+        chosen = heapq.nsmallest(want.limit, range(len(keys)), key=keys.__getitem__)
     picked = [indexes[i] for i in chosen] if filtering else chosen
     facets = {
         "agent": sorted(agents)[:MAX_FACETS],

@@ -269,8 +269,9 @@ NATIVE = (
 """The C step timer, or None when the extension was not built."""
 NATIVE_FACTORY: Any = None if _steps is None else _steps.TaskFactory
 """The tagging task factory's common call in C (see tagging.py), or None."""
-NATIVE_SCAN: Any = None if _steps is None else _steps.scan
-"""The keying pass of a snapshot selection's common request in C (see snapshot.py), or None."""
+NATIVE_PASSES: Any = _steps
+"""The extension's passes over every session (`scan`, `smallest`: snapshot.py; `tick`: windows.py),
+or None; each has its Python twin there."""
 ACTIVE = PYTHON if NATIVE is None or os.environ.get("OPENRTC_PURE_PYTHON") == "1" else NATIVE
 """The step timer the worker uses."""
 

@@ -4,6 +4,8 @@ viewer would put them, and counts the rest."""
 from __future__ import annotations
 
 import asyncio
+import heapq
+import random
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,6 +20,7 @@ from openrtc.introspection import snapshot, timing
 from openrtc.introspection.client import WorkerClient
 from openrtc.introspection.schema import from_dict
 from openrtc.introspection.selection import Filters, Selection, selection_from_wire
+from openrtc.introspection.windows import RING, Windows
 from openrtc.runtime.session import SessionState
 from openrtc.top.view import select
 
@@ -198,8 +201,8 @@ def test_the_c_keying_pass_orders_and_counts_every_kind_of_session_as_the_python
     args = (everyone, 30, Selection(sort="cpu", limit=40), monitor, oldest, 5.0, now, 1.5, ongoing)
     in_c = snapshot._select(*args)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="scan"):
-        timing.NATIVE_SCAN(everyone, 0, 40, (), ())
-    monkeypatch.setattr(timing, "NATIVE_SCAN", None)
+        timing.NATIVE_PASSES.scan(everyone, 0, 40, (), ())
+    monkeypatch.setattr(timing, "NATIVE_PASSES", None)
     in_python = snapshot._select(*args)  # type: ignore[arg-type]
     assert in_c == in_python
     picked, matched, facets, capacity = in_c
@@ -211,3 +214,55 @@ def test_the_c_keying_pass_orders_and_counts_every_kind_of_session_as_the_python
         name: sum(c.token_class == name for c in live_capacity) for name in ("light", "heavy")
     }
     assert capacity["kv_bytes"] == sum(round(c.kv_bytes) for c in live_capacity if c.kv_bytes is not None)
+
+
+def test_the_c_smallest_picks_what_heapq_picks_ties_by_index() -> None:
+    native = timing.NATIVE_PASSES
+    if native is None:
+        pytest.skip("the C step timer is not built")
+    rng = random.Random(7)
+    for n in (0, 1, 5, 100, 2_000):
+        keys = [float(rng.choice((0, 1, 2, 2e12, -3.5, rng.random()))) for _ in range(n)]
+        for limit in (1, 3, 100, n, n + 5):
+            expected = heapq.nsmallest(limit, range(n), key=keys.__getitem__)
+            assert native.smallest(keys, limit) == expected
+    with pytest.raises(TypeError, match="float"):
+        native.smallest([1.0, "agent"], 1)
+
+
+def test_the_c_tick_fills_each_ring_as_the_python_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`Windows.tick` with `_steps.tick` and with its Python loop, on sessions with C stats, the
+    pure-Python timer's stats and none."""
+    if timing.NATIVE is None:
+        pytest.skip("the C step timer is not built")
+
+    def sessions() -> list[Session]:
+        made = []
+        for i, timer in enumerate((timing.NATIVE, timing.PYTHON, None, timing.NATIVE)):
+            session = Session(f"s{i}", "a", None, {}, {}, asyncio.Event())
+            if timer is not None:
+                session.stats = timer.stats(session)
+                session.stats.busy_s = 0.25 * (i + 1)
+            made.append(session)
+        return made
+
+    rings = []
+    for in_c in (True, False):
+        if not in_c:
+            monkeypatch.setattr(timing, "NATIVE_PASSES", None)
+        ours = sessions()
+        windows = Windows(lambda ours=ours: ours, lambda: 10.0)  # type: ignore[misc]
+        for busy in (1.0, 2.0):
+            for s in ours:
+                if s.stats is not None:
+                    s.stats.busy_s += busy
+            windows.tick()
+        rings.append([s.stats.cpu_ring if s.stats is not None else None for s in ours])
+    assert rings[0] == rings[1]
+    assert rings[0][0] == [0.0, 1.25, 3.25] + [0.0] * (RING - 3)
+    monkeypatch.undo()
+    assert timing.NATIVE_PASSES is not None
+    bad = sessions()
+    bad[0].stats.cpu_ring = [0.0]
+    with pytest.raises(TypeError, match="ring"):
+        timing.NATIVE_PASSES.tick(bad, 1, RING)
