@@ -269,11 +269,11 @@ NATIVE = (
 """The C step timer, or None when the extension was not built."""
 NATIVE_FACTORY: Any = None if _steps is None else _steps.TaskFactory
 """The tagging task factory's common call in C (see tagging.py), or None."""
-NATIVE_PASSES: Any = _steps
-"""The extension's passes over every session (`scan`, `smallest`: snapshot.py; `tick`: windows.py),
-or None; each has its Python twin there."""
 ACTIVE = PYTHON if NATIVE is None or os.environ.get("OPENRTC_PURE_PYTHON") == "1" else NATIVE
 """The step timer the worker uses."""
+NATIVE_PASSES: Any = _steps if ACTIVE is NATIVE else None
+"""The extension's passes over every session (`scan`, `smallest`: snapshot.py; `tick`: windows.py)
+while the C step timer is the one in use, else None; each has its Python twin there."""
 
 if TYPE_CHECKING:
     StepClock = PyStepClock

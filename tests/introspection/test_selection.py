@@ -176,8 +176,8 @@ def test_the_c_keying_pass_orders_and_counts_every_kind_of_session_as_the_python
     on sessions of every kind a worker holds: busy, slow, stalled, without stats, in a process of
     their own, with and without a capacity class, finished."""
     native = timing.NATIVE
-    if native is None:
-        pytest.skip("the C step timer is not built")
+    if native is None or timing.NATIVE_PASSES is None:
+        pytest.skip("the C step timer is not built, or not in use")
     monitor = SimpleNamespace(clock=native.clock(10.0, lambda *_: None), timer=native)
     now, oldest = 1000.0, 2
     everyone = []
@@ -219,7 +219,7 @@ def test_the_c_keying_pass_orders_and_counts_every_kind_of_session_as_the_python
 def test_the_c_smallest_picks_what_heapq_picks_ties_by_index() -> None:
     native = timing.NATIVE_PASSES
     if native is None:
-        pytest.skip("the C step timer is not built")
+        pytest.skip("the C step timer is not built, or not in use")
     rng = random.Random(7)
     for n in (0, 1, 5, 100, 2_000):
         keys = [float(rng.choice((0, 1, 2, 2e12, -3.5, rng.random()))) for _ in range(n)]
@@ -233,8 +233,8 @@ def test_the_c_smallest_picks_what_heapq_picks_ties_by_index() -> None:
 def test_the_c_tick_fills_each_ring_as_the_python_one(monkeypatch: pytest.MonkeyPatch) -> None:
     """`Windows.tick` with `_steps.tick` and with its Python loop, on sessions with C stats, the
     pure-Python timer's stats and none."""
-    if timing.NATIVE is None:
-        pytest.skip("the C step timer is not built")
+    if timing.NATIVE is None or timing.NATIVE_PASSES is None:
+        pytest.skip("the C step timer is not built, or not in use")
 
     def sessions() -> list[Session]:
         made = []
