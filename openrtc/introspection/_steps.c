@@ -15,6 +15,7 @@
 #include <structmember.h>
 #include <stdint.h>
 #include <time.h>
+#include <string.h>
 
 static inline double
 now_s(void)
@@ -116,6 +117,8 @@ static PyTypeObject StepClockType = {
 
 static PyObject *str_tasks;  /* "tasks" */
 
+#define RING_MAX 16  /* slots of a CPU ring (windows.RING is 11) */
+
 typedef struct {
     PyObject_HEAD
     PyObject *session;
@@ -124,7 +127,10 @@ typedef struct {
     Py_ssize_t blocks;
     PyObject *last_block;
     double last_block_mono;
-    PyObject *cpu_ring;
+    /* `busy_s` at each of the last ticks, written by the windows' tick: inline doubles, not a list of
+       floats (11 objects a session, made anew at every tick, and about 400 bytes a session). */
+    Py_ssize_t ring_len;  /* 0: no tick yet (`cpu_ring` reads None) */
+    double ring[RING_MAX];
 } SessionStatsObject;
 
 static int
@@ -133,7 +139,6 @@ stats_traverse(SessionStatsObject *self, visitproc visit, void *arg)
     Py_VISIT(self->session);
     Py_VISIT(self->tasks);
     Py_VISIT(self->last_block);
-    Py_VISIT(self->cpu_ring);
     return 0;
 }
 
@@ -143,7 +148,6 @@ stats_clear(SessionStatsObject *self)
     Py_CLEAR(self->session);
     Py_CLEAR(self->tasks);
     Py_CLEAR(self->last_block);
-    Py_CLEAR(self->cpu_ring);
     return 0;
 }
 
@@ -180,7 +184,6 @@ stats_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         }
     }
     self->last_block = Py_NewRef(Py_None);
-    self->cpu_ring = Py_NewRef(Py_None);
     return (PyObject *)self;
 }
 
@@ -192,8 +195,85 @@ static PyMemberDef stats_members[] = {
     {"last_block", T_OBJECT, offsetof(SessionStatsObject, last_block), 0,
      "The latest `LastBlock` of this session."},
     {"last_block_mono", T_DOUBLE, offsetof(SessionStatsObject, last_block_mono), 0, NULL},
-    {"cpu_ring", T_OBJECT, offsetof(SessionStatsObject, cpu_ring), 0,
-     "`busy_s` at each of the last ticks (owned by the monitor thread)."},
+    {NULL}
+};
+
+static PyObject *
+stats_get_ring(SessionStatsObject *self, void *Py_UNUSED(closure))
+{
+    if (self->ring_len == 0) {
+        Py_RETURN_NONE;
+    }
+    PyObject *ring = PyList_New(self->ring_len);
+    for (Py_ssize_t i = 0; ring != NULL && i < self->ring_len; i++) {
+        PyObject *value = PyFloat_FromDouble(self->ring[i]);
+        if (value == NULL) {
+            Py_CLEAR(ring);
+            break;
+        }
+        PyList_SET_ITEM(ring, i, value);
+    }
+    return ring;
+}
+
+static int
+stats_set_ring(SessionStatsObject *self, PyObject *value, void *Py_UNUSED(closure))
+{
+    if (value == NULL || value == Py_None) {
+        self->ring_len = 0;
+        return 0;
+    }
+    PyObject *items = PySequence_Fast(value, "cpu_ring must be a sequence of floats or None");
+    if (items == NULL) {
+        return -1;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(items);
+    if (n == 0 || n > RING_MAX) {
+        Py_DECREF(items);
+        PyErr_Format(PyExc_ValueError, "cpu_ring holds 1 to %d values", RING_MAX);
+        return -1;
+    }
+    double ring[RING_MAX];
+    for (Py_ssize_t i = 0; i < n; i++) {
+        ring[i] = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(items, i));
+        if (ring[i] == -1.0 && PyErr_Occurred()) {
+            Py_DECREF(items);
+            return -1;
+        }
+    }
+    Py_DECREF(items);
+    memcpy(self->ring, ring, sizeof(double) * (size_t)n);
+    self->ring_len = n;
+    return 0;
+}
+
+static PyObject *
+stats_busy_since(SessionStatsObject *self, PyObject *arg)
+{
+    Py_ssize_t tick = PyLong_AsSsize_t(arg);
+    if (tick == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (self->ring_len == 0) {
+        return PyFloat_FromDouble(self->busy_s);
+    }
+    if (tick < 0 || tick >= self->ring_len) {
+        PyErr_SetString(PyExc_IndexError, "busy_since: no such slot in the ring");
+        return NULL;
+    }
+    return PyFloat_FromDouble(self->busy_s - self->ring[tick]);
+}
+
+static PyMethodDef stats_methods[] = {
+    {"busy_since", (PyCFunction)stats_busy_since, METH_O,
+     "Seconds its steps held the loop since ring slot `tick` was written (all of them before the first tick)."},
+    {NULL}
+};
+
+static PyGetSetDef stats_getset[] = {
+    {"cpu_ring", (getter)stats_get_ring, (setter)stats_set_ring,
+     "`busy_s` at each of the last ticks (written by the windows' tick), as a list; None before the first.",
+     NULL},
     {NULL}
 };
 
@@ -208,6 +288,8 @@ static PyTypeObject SessionStatsType = {
     .tp_traverse = (traverseproc)stats_traverse,
     .tp_clear = (inquiry)stats_clear,
     .tp_members = stats_members,
+    .tp_methods = stats_methods,
+    .tp_getset = stats_getset,
 };
 
 /* -- TimedCoroutine ------------------------------------------------------------------------- */
@@ -840,16 +922,12 @@ scan_one(Scan *c, PyObject *session, int active)
     double value = 0.0;
     if (active && watched) {
         double busy = st->busy_s;
-        PyObject *ring = st->cpu_ring;
-        if (ring != Py_None) {
-            if (!PyList_Check(ring) || c->oldest < 0 || c->oldest >= PyList_GET_SIZE(ring)) {
-                PyErr_SetString(PyExc_TypeError, "a session's cpu_ring is not a ring");
+        if (st->ring_len > 0) {
+            if (c->oldest < 0 || c->oldest >= st->ring_len) {
+                PyErr_SetString(PyExc_ValueError, "scan: the window's oldest tick is outside a session's ring");
                 goto done;
             }
-            busy -= PyFloat_AsDouble(PyList_GET_ITEM(ring, c->oldest));
-            if (PyErr_Occurred()) {
-                goto done;
-            }
+            busy -= st->ring[c->oldest];
         }
         if (running_id != Py_None) {
             if (sid == NULL && (sid = PyObject_GetAttr(session, str_id)) == NULL) {
@@ -1052,10 +1130,10 @@ steps_smallest(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t na
     return out;
 }
 
-/* tick(sessions, i, size): each session's busy time into slot `i` of its CPU ring (a list of `size`
-   floats, made at its first tick): the windows' tick (windows.py), which runs twice a second over
-   every session. Sessions without stats are skipped; stats of the pure-Python timer go through
-   their attributes. */
+/* tick(sessions, i, size): each session's busy time into slot `i` of its CPU ring (`size` slots,
+   zeros at its first tick): the windows' tick (windows.py), which runs twice a second over every
+   session. Sessions without stats are skipped; stats of the pure-Python timer go through their
+   attributes (their ring is a list). */
 static PyObject *
 steps_tick(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
@@ -1067,8 +1145,8 @@ steps_tick(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     if (PyErr_Occurred()) {
         return NULL;
     }
-    if (size <= 0 || at < 0 || at >= size) {
-        PyErr_SetString(PyExc_ValueError, "tick: the slot must be within the ring");
+    if (size <= 0 || size > RING_MAX || at < 0 || at >= size) {
+        PyErr_Format(PyExc_ValueError, "tick: a ring has 1 to %d slots, and the slot is within it", RING_MAX);
         return NULL;
     }
     PyObject *sessions = args[0];
@@ -1077,37 +1155,50 @@ steps_tick(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         if (stats == NULL) {
             return NULL;
         }
-        if (stats == Py_None) {
-            Py_DECREF(stats);
-            continue;
-        }
-        int native = PyObject_TypeCheck(stats, &SessionStatsType);
-        PyObject *ring = native ? Py_XNewRef(((SessionStatsObject *)stats)->cpu_ring)
-                                : PyObject_GetAttrString(stats, "cpu_ring");
-        PyObject *busy = native ? PyFloat_FromDouble(((SessionStatsObject *)stats)->busy_s)
-                                : PyObject_GetAttrString(stats, "busy_s");
-        int failed = ring == NULL || busy == NULL;
-        if (!failed && ring == Py_None) {
-            Py_SETREF(ring, PyList_New(size));
-            PyObject *zero = ring == NULL ? NULL : PyFloat_FromDouble(0.0);
-            failed = zero == NULL;
-            for (Py_ssize_t j = 0; !failed && j < size; j++) {
-                PyList_SET_ITEM(ring, j, Py_NewRef(zero));
+        int failed = 0;
+        if (PyObject_TypeCheck(stats, &SessionStatsType)) {
+            SessionStatsObject *st = (SessionStatsObject *)stats;
+            if (st->ring_len != size) {
+                if (st->ring_len != 0) {
+                    PyErr_SetString(PyExc_ValueError, "tick: a session's cpu_ring is not a ring of this size");
+                    failed = 1;
+                }
+                else {
+                    memset(st->ring, 0, sizeof(st->ring));
+                    st->ring_len = size;
+                }
             }
-            Py_XDECREF(zero);
-            failed = failed || PyObject_SetAttrString(stats, "cpu_ring", ring) < 0;
-        }
-        if (!failed) {
-            if (!PyList_Check(ring) || PyList_GET_SIZE(ring) != size) {
-                PyErr_SetString(PyExc_TypeError, "tick: a session's cpu_ring is not a ring of this size");
-                failed = 1;
-            }
-            else {
-                PyList_SetItem(ring, at, Py_NewRef(busy));  /* steals the new reference */
+            if (!failed) {
+                st->ring[at] = st->busy_s;
             }
         }
-        Py_XDECREF(ring);
-        Py_XDECREF(busy);
+        else if (stats != Py_None) {
+            /* The pure-Python timer's stats: the same, through attributes. */
+            PyObject *ring = PyObject_GetAttrString(stats, "cpu_ring");
+            PyObject *busy = ring == NULL ? NULL : PyObject_GetAttrString(stats, "busy_s");
+            failed = busy == NULL;
+            if (!failed && ring == Py_None) {
+                Py_SETREF(ring, PyList_New(size));
+                PyObject *zero = ring == NULL ? NULL : PyFloat_FromDouble(0.0);
+                failed = zero == NULL;
+                for (Py_ssize_t j = 0; !failed && j < size; j++) {
+                    PyList_SET_ITEM(ring, j, Py_NewRef(zero));
+                }
+                Py_XDECREF(zero);
+                failed = failed || PyObject_SetAttrString(stats, "cpu_ring", ring) < 0;
+            }
+            if (!failed) {
+                if (!PyList_Check(ring) || PyList_GET_SIZE(ring) != size) {
+                    PyErr_SetString(PyExc_ValueError, "tick: a session's cpu_ring is not a ring of this size");
+                    failed = 1;
+                }
+                else {
+                    PyList_SetItem(ring, at, Py_NewRef(busy));  /* steals the new reference */
+                }
+            }
+            Py_XDECREF(ring);
+            Py_XDECREF(busy);
+        }
         Py_DECREF(stats);
         if (failed) {
             return NULL;

@@ -19,6 +19,7 @@ class SessionStats:
     last_block_mono: float
     cpu_ring: list[float] | None
     def __init__(self, session: Any) -> None: ...
+    def busy_since(self, tick: int) -> float: ...
 
 class TimedCoroutine:
     wrapped: Any

@@ -295,8 +295,7 @@ def _select(
             finished = state is _FINISHED[0] or state is _FINISHED[1] or state is _FINISHED[2]
             flags = (0 if slow else 2) + (1 if finished else 0)
             if by_cpu and watched and active:
-                ring = stats.cpu_ring
-                busy = stats.busy_s - (ring[oldest] if ring is not None else 0.0)
+                busy = stats.busy_since(oldest)
                 if running_id is not None and session.id == running_id:
                     busy += held
                 keys.append(flags * _FLAG - busy * to_pct)
@@ -356,9 +355,7 @@ def _sort_value(
             return 0.0
         if child is not None:
             return float(child.cpu_pct(span, now))
-        busy = stats.busy_s if stats is not None else 0.0
-        ring = stats.cpu_ring if stats is not None else None
-        return round(share_pct(busy - (ring[oldest] if ring is not None else 0.0), span), 2)
+        return round(share_pct(stats.busy_since(oldest) if stats is not None else 0.0, span), 2)
     if sort == "mem":
         if not active:
             return 0.0
@@ -426,8 +423,7 @@ def _row(
         peak = child.peak_mb
     else:
         busy = stats.busy_s if stats is not None else 0.0
-        ring = stats.cpu_ring if stats is not None else None
-        cpu = share_pct(busy - (ring[oldest] if ring is not None else 0.0), span) if active else 0.0
+        cpu = share_pct(stats.busy_since(oldest) if stats is not None else 0.0, span) if active else 0.0
         cpu_s = busy
         mem = share if active else 0.0
         peak = monitor.peak_share_since(session.started_mono, mem)

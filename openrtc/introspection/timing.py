@@ -48,6 +48,12 @@ class PySessionStats:
         self.cpu_ring: list[float] | None = None
         """`busy_s` at each of the last ticks (owned by the monitor thread)."""
 
+    def busy_since(self, tick: int) -> float:
+        """Seconds its steps held the loop since ring slot `tick` was written (all of them before the
+        first tick)."""
+        ring = self.cpu_ring
+        return self.busy_s - (ring[tick] if ring is not None else 0.0)
+
 
 class PyStepClock:
     """The step in progress on one event loop, and the total time of all steps.

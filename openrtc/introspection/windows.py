@@ -81,8 +81,9 @@ class Windows:
                     continue
                 ring = stats.cpu_ring
                 if ring is None:
-                    ring = stats.cpu_ring = [0.0] * RING
+                    ring = [0.0] * RING
                 ring[i] = stats.busy_s
+                stats.cpu_ring = ring  # the C timer's stats hand out a copy of theirs
         self.tick_times[i] = now
         self.ticks += 1
         if now - self._rss_at >= 1.0:

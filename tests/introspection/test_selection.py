@@ -264,5 +264,5 @@ def test_the_c_tick_fills_each_ring_as_the_python_one(monkeypatch: pytest.Monkey
     assert timing.NATIVE_PASSES is not None
     bad = sessions()
     bad[0].stats.cpu_ring = [0.0]
-    with pytest.raises(TypeError, match="ring"):
+    with pytest.raises(ValueError, match="ring"):
         timing.NATIVE_PASSES.tick(bad, 1, RING)

@@ -222,3 +222,28 @@ def test_the_c_wrapper_takes_only_the_c_clock_and_stats() -> None:
     with pytest.raises(TypeError):
         native.wrapper(coro, native.stats(FakeSession()), timing.PYTHON.clock(1.0, print))
     coro.close()
+
+
+@pytest.mark.parametrize("timer", TIMERS)
+def test_the_cpu_ring_and_busy_since_read_alike(timer: StepTimer) -> None:
+    stats = timer.stats(FakeSession())
+    stats.busy_s = 2.5
+    assert stats.cpu_ring is None and stats.busy_since(3) == 2.5  # no tick yet: all of it
+    stats.cpu_ring = [0.5 * k for k in range(11)]
+    assert stats.cpu_ring == [0.5 * k for k in range(11)]
+    assert stats.busy_since(3) == 1.0 and stats.busy_since(0) == 2.5
+    stats.cpu_ring = None
+    assert stats.busy_since(5) == 2.5
+
+
+def test_the_c_ring_refuses_what_it_cannot_hold() -> None:
+    native = timing.NATIVE
+    assert native is not None
+    stats = native.stats(FakeSession())
+    with pytest.raises(ValueError, match="1 to"):
+        stats.cpu_ring = [0.0] * 17
+    with pytest.raises(TypeError):
+        stats.cpu_ring = ["a"]
+    stats.cpu_ring = [1.0, 2.0]
+    with pytest.raises(IndexError):
+        stats.busy_since(2)
