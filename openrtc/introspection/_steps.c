@@ -117,7 +117,7 @@ static PyTypeObject StepClockType = {
 
 static PyObject *str_tasks;  /* "tasks" */
 
-#define RING_MAX 16  /* slots of a CPU ring (windows.RING is 11) */
+#define RING_MAX 11  /* slots of a CPU ring: windows.RING (a test holds the two equal) */
 
 typedef struct {
     PyObject_HEAD
