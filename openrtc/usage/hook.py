@@ -11,7 +11,6 @@ so a report over many sessions reads one line per session.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,9 +51,9 @@ class UsageHook(Hook):
         self.config = config or UsageConfig()
         file = PricingFile.load(self.config.pricing_file) if self.config.pricing_file is not None else None
         self.pricing = Pricing(file)
-        self._worker = Totals()
-        # Events may come from any thread (a tool run in an executor records its call there).
-        self._worker_lock = threading.Lock()
+        self._ended = Totals()
+        self._recording: dict[str, SessionUsage] = {}
+        """The live sessions that recorded something, by id: a snapshot sums these, not every session."""
         self.event_log: EventLog | None = None
         self._worker_id = ""
         self._worker_seq = 0
@@ -72,12 +71,14 @@ class UsageHook(Hook):
 
     @property
     def totals(self) -> Totals:
-        """Everything the worker's sessions recorded since it started (a copy; any thread). Kept as
-        events come, not summed over the sessions when asked: at 10,000 sessions that sum was a fifth
-        of what each refresh of the live `top` cost the worker."""
+        """Everything the worker's sessions recorded since it started: the ended ones' sums and the
+        live ones' (any thread). Summed when asked, over the sessions that recorded something: a
+        second sum per call would cost the loop on every call, and a walk over every session cost a
+        10,000-session worker a fifth of each refresh of the live `top`."""
         out = Totals()
-        with self._worker_lock:
-            out.merge(self._worker)
+        out.merge(self._ended)
+        for usage in list(self._recording.values()):  # a copy: the loop adds sessions meanwhile
+            out.merge(usage.totals)
         return out
 
     def started(self, pool: PoolView) -> None:
@@ -112,14 +113,15 @@ class UsageHook(Hook):
         if not isinstance(usage, SessionUsage):
             return  # started before this hook saw it
         usage.totals.add_event(kind, data)
-        with self._worker_lock:
-            self._worker.add_event(kind, data)
+        self._recording[session.id] = usage
         self._write(session, usage, kind, data, time.time())
 
     def session_finished(self, session: Session) -> None:
         usage = session.usage
         if not isinstance(usage, SessionUsage):
             return
+        if self._recording.pop(session.id, None) is not None:
+            self._ended.merge(usage.totals)
         if self.event_log is None:
             return  # the end's line sums the session up for the log; without a log, nothing more
         data = end_record(session, self._worker_id)
